@@ -1,0 +1,167 @@
+"""Configuration of SEV-Net (Yang, Yin, Zhou, Gu, CVPR 2021) and its baselines.
+
+Travels with checkpoints for ``trust_remote_code``: only relative imports of sibling files.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+from .protocols import BP4D_AUS, DEFAULT_THRESHOLD, au_label, parse_au
+
+# The paper's Intra-AU encoder: a BERT-Large (24 layers, 1024 wide, 16 heads) sentence encoder taken from
+# sentence-transformers, mean-pooled over tokens. This checkpoint matches that description.
+DEFAULT_TEXT_ENCODER = "sentence-transformers/bert-large-nli-mean-tokens"
+
+
+class SEVNetConfig(PretrainedConfig):
+    r"""Configuration for [`SEVNetModel`] and [`SEVNetForAUDetection`].
+
+    Args:
+        backbone (`str`, *optional*, defaults to `"resnet18"`):
+            timm model name of the visual encoder. Its un-pooled feature map is V (7x7x512 for resnet18 at 224 px).
+        visual_hidden_size (`int`, *optional*):
+            Channels of V (d_v). Read from the backbone when the model is built; stored so checkpoints are explicit.
+        image_size (`int`, *optional*, defaults to 224):
+            Input crop size the model is trained for (the image processor resizes to 256 and center-crops to it).
+        text_encoder (`str`, *optional*, defaults to `"sentence-transformers/bert-large-nli-mean-tokens"`):
+            Hub id or local folder of the frozen Intra-AU encoder (any `AutoModel` checkpoint). Only used to (re)compute
+            the AU text table; a trained checkpoint predicts without it.
+        text_pooling (`str`, *optional*):
+            `"mean"` (the paper), `"cls"` or `"max"`. `None` reads a sentence-transformers checkpoint's own pooling
+            settings and falls back to `"mean"`.
+        text_max_length (`int`, *optional*, defaults to 128):
+            Token limit per AU description.
+        text_hidden_size (`int`, *optional*, defaults to 1024):
+            Width of the Intra-AU sentence vectors (1024 for BERT-Large, 384 for MiniLM).
+        inter_au_hidden_size (`int`, *optional*, defaults to 768):
+            Width of the Inter-AU transformer. The paper writes both "hidden size 1024, 6 heads" and "final AU
+            embedding 768"; 1024 is not divisible by 6, so we read it as: project 1024 -> 768, run the encoder at 768
+            with 6 heads (head size 128) and feed-forward width 1024, then project 768 -> d_v.
+        inter_au_num_layers (`int`, *optional*, defaults to 2):
+            Post-LN transformer encoder layers over the AU sentence vectors (Eq. 2-3).
+        inter_au_num_heads (`int`, *optional*, defaults to 6):
+            Attention heads of the Inter-AU encoder.
+        inter_au_intermediate_size (`int`, *optional*, defaults to 1024):
+            Feed-forward width of the Inter-AU encoder.
+        inter_au_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout inside the Inter-AU encoder.
+        classifier_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the attended per-AU features before the classifier.
+        shared_classifier (`bool`, *optional*, defaults to `True`):
+            One linear classifier shared by all AUs (Eq. 7, as the paper); `False` gives each AU its own.
+        au_projection_bias_init (`float`, *optional*, defaults to 1.0):
+            Initial value of every entry of the 768 -> d_v projection bias. Backbone features are non-negative (after
+            a ReLU), so a positive offset starts every AU vector with a positive cosine to typical features and keeps
+            Eq. 4's ReLU from zeroing whole maps at initialisation. 0 gives the plain initialisation.
+        aus (`list[int]`, *optional*, defaults to the 12 BP4D AUs):
+            AU numbers in output order; sets `id2label` (`AU1`, ...). Ignored when `id2label` is given.
+        au_descriptions (`dict[str, str]`, *optional*):
+            The description read by the Intra-AU encoder for each AU label. Filled by `from_backbones` /
+            `set_au_descriptions` from `sevnet_hf/descriptions` when not given.
+        thresholds (`list[float]`, *optional*):
+            Per-AU decision thresholds on the sigmoid probability; `None` means 0.5 for every AU (the field's rule).
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of linear layers.
+    """
+
+    model_type = "sevnet"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        visual_hidden_size: int | None = None,
+        image_size: int = 224,
+        text_encoder: str = DEFAULT_TEXT_ENCODER,
+        text_pooling: str | None = None,
+        text_max_length: int = 128,
+        text_hidden_size: int = 1024,
+        inter_au_hidden_size: int = 768,
+        inter_au_num_layers: int = 2,
+        inter_au_num_heads: int = 6,
+        inter_au_intermediate_size: int = 1024,
+        inter_au_dropout: float = 0.1,
+        classifier_dropout: float = 0.0,
+        shared_classifier: bool = True,
+        au_projection_bias_init: float = 1.0,
+        aus: list[int] | None = None,
+        au_descriptions: dict[str, str] | None = None,
+        thresholds: list[float] | None = None,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if "id2label" not in kwargs or kwargs["id2label"] is None:
+            numbers = [parse_au(a) for a in (aus if aus is not None else BP4D_AUS)]
+            kwargs["id2label"] = {i: au_label(n) for i, n in enumerate(numbers)}
+        kwargs.setdefault("problem_type", "multi_label_classification")
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.visual_hidden_size = visual_hidden_size
+        self.image_size = image_size
+        self.text_encoder = text_encoder
+        self.text_pooling = text_pooling
+        self.text_max_length = text_max_length
+        self.text_hidden_size = text_hidden_size
+        self.inter_au_hidden_size = inter_au_hidden_size
+        self.inter_au_num_layers = inter_au_num_layers
+        self.inter_au_num_heads = inter_au_num_heads
+        self.inter_au_intermediate_size = inter_au_intermediate_size
+        self.inter_au_dropout = inter_au_dropout
+        self.classifier_dropout = classifier_dropout
+        self.shared_classifier = shared_classifier
+        self.au_projection_bias_init = au_projection_bias_init
+        self.au_descriptions = dict(au_descriptions) if au_descriptions is not None else None
+        self.thresholds = list(thresholds) if thresholds is not None else None
+        self.initializer_range = initializer_range
+        self._validate()
+
+    @property
+    def aus(self) -> list[int]:
+        """AU numbers in output order."""
+        return [parse_au(self.id2label[i]) for i in range(len(self.id2label))]
+
+    @property
+    def au_labels(self) -> list[str]:
+        """AU labels (``AU1`` ...) in output order."""
+        return [self.id2label[i] for i in range(len(self.id2label))]
+
+    @property
+    def decision_thresholds(self) -> list[float]:
+        """Per-AU thresholds, 0.5 where none were set."""
+        return list(self.thresholds) if self.thresholds is not None else [DEFAULT_THRESHOLD] * self.num_labels
+
+    def _validate(self) -> None:
+        if self.num_labels < 1:
+            raise ValueError("SEVNetConfig needs at least one AU: pass aus=[1, 2, ...] or id2label")
+        labels = list(self.id2label.values())
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"SEVNetConfig: AU labels must be unique, got {labels}")
+        if self.inter_au_hidden_size % self.inter_au_num_heads != 0:
+            raise ValueError(
+                f"SEVNetConfig: inter_au_hidden_size ({self.inter_au_hidden_size}) must be divisible by "
+                f"inter_au_num_heads ({self.inter_au_num_heads}); e.g. 768 with 6 heads"
+            )
+        for name in ("inter_au_num_layers", "inter_au_hidden_size", "inter_au_intermediate_size", "text_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SEVNetConfig: {name} must be a positive integer, got {getattr(self, name)}")
+        if self.text_pooling not in (None, "mean", "cls", "max"):
+            raise ValueError(
+                f"SEVNetConfig: text_pooling must be 'mean', 'cls', 'max' or None, got {self.text_pooling!r}"
+            )
+        for name in ("inter_au_dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"SEVNetConfig: {name} must be in [0, 1), got {getattr(self, name)}")
+        if self.thresholds is not None:
+            if len(self.thresholds) != self.num_labels:
+                raise ValueError(
+                    f"SEVNetConfig: thresholds has {len(self.thresholds)} values for {self.num_labels} AUs; "
+                    "give one per AU in id2label order or None"
+                )
+            if not all(0.0 < t < 1.0 for t in self.thresholds):
+                raise ValueError(f"SEVNetConfig: thresholds must lie in (0, 1), got {self.thresholds}")
+        if self.au_descriptions is not None:
+            missing = [label for label in labels if not str(self.au_descriptions.get(label, "")).strip()]
+            if missing:
+                raise ValueError(
+                    f"SEVNetConfig: au_descriptions has no text for {', '.join(missing)}; add one per AU in id2label"
+                )
