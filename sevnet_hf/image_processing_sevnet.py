@@ -31,7 +31,8 @@ def to_rgb_tensor(image) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint16:
             image = image.astype(np.float32) / 257.0
-        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        image = np.ascontiguousarray(image)
+        tensor = torch.from_numpy(image if image.flags.writeable else image.copy())
         channels_last = True
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()

@@ -207,6 +207,20 @@ class SEVNetPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": entry}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Load as usual, then copy tensors that the loader left at unaligned addresses.
+
+        Weights memory-mapped from safetensors can sit at addresses that make BLAS pick other kernels; copying
+        them makes a loaded model compute bit-for-bit what the saved one did.
+        """
+        model = super().from_pretrained(*args, **kwargs)
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                    tensor.data = tensor.data.clone()
+        return model
+
     @staticmethod
     def _mark_backbone(backbone: nn.Module) -> None:
         for module in backbone.modules():

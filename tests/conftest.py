@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random BERT text encoder built here (no download) and tiny SEV-Net configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from sevnet_hf.au_descriptions import DEFAULT_DESCRIPTIONS_FILE  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder_dir(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT (width 32) with a WordPiece vocabulary of the descriptions' words."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    texts = json.loads(DEFAULT_DESCRIPTIONS_FILE.read_text(encoding="utf-8")).values()
+    words = sorted({w for text in texts for w in re.findall(r"[a-z]+|[^a-z\s]", text.lower())})
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n", encoding="utf-8")
+    BertTokenizer(str(vocab_file)).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_config(**overrides):
+    from sevnet_hf import SEVNetConfig
+
+    fields = dict(
+        image_size=64,
+        text_hidden_size=32,
+        inter_au_hidden_size=48,
+        inter_au_num_heads=6,
+        inter_au_intermediate_size=64,
+        inter_au_dropout=0.0,
+        aus=[1, 2, 4, 6, 12],
+    )
+    fields.update(overrides)
+    return SEVNetConfig(**fields)
+
+
+@pytest.fixture
+def tiny_model(tiny_text_encoder_dir):
+    """A SEV-Net built through from_backbones with the tiny text encoder and a random resnet18."""
+    from sevnet_hf import SEVNetForAUDetection
+
+    torch.manual_seed(0)
+    model = SEVNetForAUDetection.from_backbones(
+        tiny_config(), backbone_weights=None, text_encoder=tiny_text_encoder_dir
+    )
+    return model.eval()
