@@ -1,0 +1,51 @@
+"""``sevnet-hf``: one command line for preparing data, training, evaluating, detecting and publishing.
+
+    sevnet-hf demo                         the embedded-default main job (synthetic faces, train, test, detect)
+    sevnet-hf prepare bp4d|disfa|bp4dplus|folder|synthetic ...
+    sevnet-hf train ...                    (or: accelerate launch -m sevnet_hf.train ...)
+    sevnet-hf crossval ...                 folds 1-3 and the paper-format table
+    sevnet-hf ablate ...                   ResNet-18, ML-GCN, MS-CAM and SEV-Net on the same folds
+    sevnet-hf detect INPUT... --model M    AUs in photos, folders and videos
+    sevnet-hf push MODEL_DIR --repo_id ID  upload to the Hugging Face Hub
+
+``sevnet-hf COMMAND --help`` lists each command's options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": "sevnet_hf.training.demo",
+    "train": "sevnet_hf.training.loop",
+    "crossval": "sevnet_hf.training.crossval",
+    "ablate": "sevnet_hf.training.ablate",
+    "detect": "sevnet_hf.inference.detect",
+    "push": "sevnet_hf.hub",
+}
+PREPARERS = ("bp4d", "disfa", "bp4dplus", "folder", "synthetic")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "prepare":
+        if not rest or rest[0] not in PREPARERS:
+            print(f"usage: sevnet-hf prepare {{{'|'.join(PREPARERS)}}} ...", file=sys.stderr)
+            return 2
+        module = f"sevnet_hf.datasets_scripts.{rest[0]}"
+        rest = rest[1:]
+    elif command in COMMANDS:
+        module = COMMANDS[command]
+    else:
+        print(f"sevnet-hf: unknown command {command!r}; commands: prepare, {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(module).main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

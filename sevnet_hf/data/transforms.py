@@ -1,0 +1,97 @@
+"""Training and test transforms that keep images as uint8 until they reach the device.
+
+The data loader only decodes and resizes (workers, CPU). Random crop + horizontal flip (train) or center crop
+(test) and normalisation run on the device, batched, so a GPU does them instead of the CPU. Test-time processing
+equals :class:`sevnet_hf.SEVNetImageProcessor` (resize to ``resize`` -> center crop ``crop`` -> normalise).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+
+def resize_for_crop(crop_size: int) -> int:
+    """The paper's 256 -> 224 ratio for any crop size (224 -> 256, 112 -> 128)."""
+    return int(round(crop_size * 256 / 224))
+
+
+def decode_resized(data: bytes | str, size: int) -> np.ndarray:
+    """Decode an encoded image to a ``size x size`` RGB uint8 array (JPEG draft mode scales down while decoding)."""
+    with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as image:
+        if image.format == "JPEG" and min(image.size) >= 2 * size:
+            image.draft("RGB", (size, size))
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        return np.asarray(image)
+
+
+class AUImageDataset(torch.utils.data.Dataset):
+    """A prepared dataset (``sevnet_hf.data.schema``) as ``{"pixel_values": uint8 3xSxS, "labels": float N}``.
+
+    Labels keep the schema's unknown code (-1), which the loss and the metric leave out.
+    """
+
+    def __init__(self, dataset, au_columns: Sequence[str], size: int = 256):
+        from datasets import Image as ImageFeature
+
+        missing = [c for c in au_columns if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"prepared dataset has no column {missing[0]!r}; its columns are {dataset.column_names}")
+        self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+        self.labels = torch.from_numpy(
+            np.stack([np.asarray(dataset[c], dtype=np.float32) for c in au_columns], axis=1)
+        )
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = self.images[int(index)]["image"]
+        array = decode_resized(image["bytes"] if image.get("bytes") else image["path"], self.size)
+        return {"pixel_values": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "labels": self.labels[index]}
+
+
+def collate_uint8(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack uint8 images and float labels (a data collator for DataLoader and ``transformers.Trainer``)."""
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
+        "labels": torch.stack([item["labels"] for item in batch]),
+    }
+
+
+class DeviceAugment(nn.Module):
+    """uint8 B x 3 x S x S on the device -> normalised float crops (random crop + flip when training)."""
+
+    def __init__(self, crop_size: int, mean: Sequence[float], std: Sequence[float], channels_last: bool = False):
+        super().__init__()
+        self.crop_size = crop_size
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"DeviceAugment expects uint8 images, got {images.dtype}")
+        batch, _, height, width = images.shape
+        crop = self.crop_size
+        if crop > min(height, width):
+            raise ValueError(f"crop size {crop} is larger than the images ({height}x{width})")
+        if train:
+            tops = torch.randint(0, height - crop + 1, (batch,), generator=generator).tolist()
+            lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
+            flips = torch.rand(batch, generator=generator) < 0.5
+            crops = torch.stack([images[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(zip(tops, lefts))])
+            crops = torch.where(flips.to(images.device).view(-1, 1, 1, 1), crops.flip(-1), crops)
+        else:
+            top, left = (height - crop) // 2, (width - crop) // 2
+            crops = images[:, :, top : top + crop, left : left + crop]
+        out = (crops.float() - self.mean) / self.std
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out.contiguous()

@@ -1,0 +1,362 @@
+"""Accelerate training: ``sevnet-hf train ...`` or ``accelerate launch -m sevnet_hf.train ...``.
+
+One GPU, many GPUs or many machines through Accelerate. The text encoder never runs here: the AU text table was
+computed when the model was built. Each epoch: train, validate on held-out training subjects (mean F1, for early
+stopping), ``save_state``; ``--resume`` continues from the newest complete epoch. At the end the best model is
+tested on the fold's test part and saved with ``save_pretrained`` plus its image processor and a filled model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
+from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
+from ..protocols import fold_name
+from .args import TrainArguments
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best_model"
+FINAL_DIR = "model"
+STATE_FILE = "run_state.json"
+COMPLETE_MARKER = "COMPLETE"
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch), so an interrupted run resumes on the same order.
+
+    The same order on every process; Accelerate shards the batches between processes.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_model_atomic(model, processor, folder: Path) -> None:
+    """save_pretrained into a temporary sibling folder, then swap it in, so a crash never leaves half a model."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _complete_checkpoints(output_dir: Path) -> list[Path]:
+    folders = [p for p in (output_dir / CHECKPOINTS_DIR).glob("epoch_*") if (p / COMPLETE_MARKER).is_file()]
+    return sorted(folders, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+@torch.no_grad()
+def predict_loader(model, loader, augment, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and labels for every image of ``loader``, gathered across processes exactly once each."""
+    model.eval()
+    probabilities, labels = [], []
+    for batch in loader:
+        pixels = augment(batch["pixel_values"], train=False)
+        with accelerator.autocast():
+            logits = model(pixels).logits
+        logits, batch_labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        probabilities.append(torch.sigmoid(logits).cpu())
+        labels.append(batch_labels.cpu())
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+
+
+def train(args: TrainArguments) -> dict:
+    """Run one training job (one fold). Returns the results dict written to ``results.json``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from ..data.folds import split_fold
+    from ..data.schema import load_prepared, read_metadata
+    from .build import build_model
+
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(args.mixed_precision),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    )
+    main = accelerator.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+
+    dataset = load_prepared(args.dataset)
+    metadata = read_metadata(args.dataset)
+    aus = [int(a) for a in metadata["aus"]]
+    au_columns = list(metadata["au_columns"])
+    splits = split_fold(dataset, args.fold, metadata=metadata, val_fraction=args.val_fraction, seed=args.seed,
+                        verbose=main)
+    resize = args.resize_size or int(round(args.image_size * 256 / 224))
+    parts = {name: AUImageDataset(splits[name], au_columns, size=resize) for name in ("train", "validation", "test")}
+    train_labels = parts["train"].labels.numpy()
+
+    model, processor = build_model(args, aus, train_labels)
+    if args.channels_last and accelerator.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    augment = DeviceAugment(
+        args.image_size, processor.image_mean, processor.image_std,
+        channels_last=args.channels_last and accelerator.device.type == "cuda",
+    ).to(accelerator.device)
+
+    sampler = EpochShuffleSampler(len(parts["train"]), args.seed)
+    loader_kwargs = dict(
+        collate_fn=collate_uint8,
+        num_workers=args.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=args.num_workers > 0,
+    )
+    train_loader = DataLoader(parts["train"], batch_size=args.batch_size, sampler=sampler, drop_last=False,
+                              **loader_kwargs)
+    eval_batch = args.eval_batch_size or args.batch_size
+    val_loader = DataLoader(parts["validation"], batch_size=eval_batch, shuffle=False, **loader_kwargs)
+    test_loader = DataLoader(parts["test"], batch_size=eval_batch, shuffle=False, **loader_kwargs)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, test_loader, scheduler
+    )
+
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "epochs_without_improvement": 0, "history": []}
+    if args.resume:
+        checkpoints = _complete_checkpoints(output_dir)
+        if checkpoints:
+            accelerator.load_state(str(checkpoints[-1]))
+            state = json.loads((checkpoints[-1] / STATE_FILE).read_text(encoding="utf-8"))
+            if main:
+                print(f"Resumed from {checkpoints[-1]} (epoch {state['epoch']} done)", flush=True)
+        elif main:
+            print(f"--resume: no complete checkpoint under {output_dir / CHECKPOINTS_DIR}; starting fresh", flush=True)
+
+    steps_per_epoch = len(train_loader)
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    log_file = output_dir / "metrics.jsonl"
+    epochs_this_run = 0
+    stopped_early = False
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        if state["epochs_without_improvement"] >= args.patience > 0:
+            stopped_early = True
+            break
+        sampler.set_epoch(epoch)
+        set_seed(args.seed * 1000 + epoch, device_specific=True)  # dropout + augmentation depend on (seed, epoch)
+        model.train()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=not (main and args.progress),
+                   dynamic_ncols=True, leave=False)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        seen, started = 0, time.perf_counter()
+        for step, batch in enumerate(train_loader):
+            if step >= steps_per_epoch:
+                break
+            with accelerator.accumulate(model):
+                pixels = augment(batch["pixel_values"], train=True)
+                with accelerator.autocast():
+                    loss = model(pixels, labels=batch["labels"]).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            seen += len(batch["labels"]) * accelerator.num_processes
+            bar.update(1)
+            if (step + 1) % args.log_every == 0 or step + 1 == steps_per_epoch:  # the only host sync in the loop
+                rate = seen / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}", img_s=f"{rate:.0f}")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        scheduler.step()
+        train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(1, steps_per_epoch)
+
+        probabilities, labels = predict_loader(model, val_loader, augment, accelerator)
+        thresholds = accelerator.unwrap_model(model).config.decision_thresholds
+        val_scores = au_f1_scores(probabilities_to_predictions(probabilities, thresholds), labels, au_columns)
+        improved = val_scores["f1_mean"] > state["best_f1"]
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_f1_mean": val_scores["f1_mean"],
+            "val_f1": val_scores["f1"],
+            "lr": scheduler.get_last_lr()[0],
+            "train_images_per_s": seen / train_seconds,
+        }
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if improved:
+            state.update(best_f1=val_scores["f1_mean"], best_epoch=epoch, epochs_without_improvement=0)
+        else:
+            state["epochs_without_improvement"] += 1
+        if main:
+            print(f"epoch {epoch}: train loss {train_loss:.4f}, val mean F1 {val_scores['f1_mean']:.1f}"
+                  f"{' (best)' if improved else ''}, {record['train_images_per_s']:.0f} img/s", flush=True)
+            with log_file.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if improved:
+                _save_model_atomic(accelerator.unwrap_model(model), processor, output_dir / BEST_DIR)
+        _save_epoch_checkpoint(accelerator, output_dir, epoch, state, args.keep_checkpoints)
+        epochs_this_run += 1
+        if args.stop_after_epochs and epochs_this_run >= args.stop_after_epochs and epoch < args.epochs:
+            accelerator.wait_for_everyone()
+            if main:
+                print(f"Stopping after {epochs_this_run} epoch(s) as asked (--stop_after_epochs); resume with --resume")
+            accelerator.end_training()
+            return {"interrupted_after_epoch": epoch}
+
+    accelerator.wait_for_everyone()
+    # Test the best model (by validation F1) on the fold's unseen subjects.
+    best_state = _load_best_state(output_dir / BEST_DIR)
+    accelerator.unwrap_model(model).load_state_dict(best_state)
+    probabilities, labels = predict_loader(model, test_loader, augment, accelerator)
+    unwrapped = accelerator.unwrap_model(model)
+    predictions = probabilities_to_predictions(probabilities, unwrapped.config.decision_thresholds)
+    test_scores = au_f1_scores(predictions, labels, au_columns)
+    baselines = frequency_prior_f1(train_labels, labels, au_columns, seed=args.seed)
+    results = {
+        "dataset": str(args.dataset),
+        "source": metadata.get("source"),
+        "fold": args.fold,
+        "fold_name": fold_name(args.fold),
+        "model_type": args.model_type,
+        "subjects": {name: sorted(set(splits[name]["subject"])) for name in ("train", "validation", "test")},
+        "images": {name: len(parts[name]) for name in parts},
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "stopped_early": stopped_early,
+        "validation_f1_mean": state["best_f1"],
+        "test": test_scores,
+        "frequency_prior": baselines["prior"],
+        "all_present": baselines["all_present"],
+        "history": state["history"],
+        "arguments": {k: v for k, v in vars(args).items()},
+    }
+    if main:
+        final = output_dir / FINAL_DIR
+        _save_model_atomic(unwrapped, processor, final)
+        _write_json_atomic(final / "results.json", results)
+        _write_json_atomic(output_dir / "results.json", results)
+        np.savez_compressed(output_dir / "test_predictions.npz", probabilities=probabilities, labels=labels)
+        _write_model_card(final, unwrapped.config, results)
+        _plot_curves(state["history"], output_dir / "training_curve.png")
+        print(f"{fold_name(args.fold)}: test mean F1 {test_scores['f1_mean']:.1f} "
+              f"(frequency prior {baselines['prior']['f1_mean']:.1f}, all-present {baselines['all_present']['f1_mean']:.1f}); "
+              f"model saved to {final}", flush=True)
+    accelerator.end_training()
+    return results
+
+
+def _save_epoch_checkpoint(accelerator, output_dir: Path, epoch: int, state: dict, keep: int) -> None:
+    folder = output_dir / CHECKPOINTS_DIR / f"epoch_{epoch}"
+    accelerator.save_state(str(folder))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json_atomic(folder / STATE_FILE, state)
+        (folder / COMPLETE_MARKER).write_text("ok\n")
+        for old in _complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_best_state(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no saved weights; training produced no best model")
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+def _write_model_card(folder: Path, config, results: dict) -> None:
+    try:
+        from ..hub import write_model_card
+    except ImportError:  # pragma: no cover
+        return
+    write_model_card(folder, config, results)
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h["val_f1_mean"] for h in history], "s-", color="tab:orange", label="validation mean F1")
+    ax2.set_ylabel("validation mean F1 (%)", color="tab:orange")
+    ax1.set_title("Training curve")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: list[str] | None, dataclass_type=TrainArguments):
+    """Parse command-line flags, or a single JSON/YAML file holding them."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_type)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        return loader(argv[0])[0]
+    return parser.parse_args_into_dataclasses(args=argv)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = train(args)
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
