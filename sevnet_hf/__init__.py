@@ -13,8 +13,10 @@ Where things live:
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .au_descriptions import load_au_descriptions
+from .configuration_baselines import AUMLGCNConfig, AUMSCAMConfig, AUResNetConfig
 from .configuration_sevnet import DEFAULT_TEXT_ENCODER, SEVNetConfig
 from .image_processing_sevnet import SEVNetImageProcessor
+from .modeling_baselines import MODEL_TYPES, AUMLGCNForAUDetection, AUMSCAMForAUDetection, AUResNetForAUDetection
 from .modeling_sevnet import (
     AUDetectionOutput,
     SEVNetForAUDetection,
@@ -39,6 +41,16 @@ def _register() -> None:
     SEVNetConfig.register_for_auto_class()
     SEVNetForAUDetection.register_for_auto_class("AutoModelForImageClassification")
     SEVNetImageProcessor.register_for_auto_class("AutoImageProcessor")
+    for config_class, model_class in (
+        (AUResNetConfig, AUResNetForAUDetection),
+        (AUMLGCNConfig, AUMLGCNForAUDetection),
+        (AUMSCAMConfig, AUMSCAMForAUDetection),
+    ):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, model_class, exist_ok=True)
+        AutoModelForImageClassification.register(config_class, model_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        model_class.register_for_auto_class("AutoModelForImageClassification")
 
 
 _register()
@@ -57,4 +69,11 @@ __all__ = [
     "encode_texts",
     "load_au_descriptions",
     "load_text_encoder",
+    "MODEL_TYPES",
+    "AUMLGCNConfig",
+    "AUMLGCNForAUDetection",
+    "AUMSCAMConfig",
+    "AUMSCAMForAUDetection",
+    "AUResNetConfig",
+    "AUResNetForAUDetection",
 ]

@@ -1,0 +1,392 @@
+"""Baselines of SEV-Net's ablation (paper Section 4.4, Fig. 3): ResNet, ML-GCN and MS-CAM, re-implemented for AUs.
+
+All three share SEV-Net's building blocks so the comparison changes one thing at a time: the same timm backbone, the
+same frozen AU text table (``au_text_embeddings``, filled by ``set_au_descriptions``), the same masked BCE loss and
+the same ``AUDetectionOutput``.
+
+- [`AUResNetForAUDetection`]: backbone -> global pooling -> one linear output per AU.
+- [`AUMLGCNForAUDetection`]: a GCN over the AU nodes (inputs: the AU text table; graph: ``config.graph``) turns
+  each AU into a d_v-wide classifier vector; logits = pooled image feature @ those vectors (ML-GCN, Chen et al. 2019).
+- [`AUMSCAMForAUDetection`]: the same GCN's node outputs serve as the AU embeddings w̄_k of SEV-Net's
+  cross-modality attention (Eq. 4-6), followed by SEV-Net's classifier (MS-CAM / MS-CMA, You et al. 2020).
+
+Travels with checkpoints for ``trust_remote_code``: only relative imports of sibling files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .au_graphs import gcn_propagation_matrix
+from .configuration_baselines import AUBaselineConfig, AUMLGCNConfig, AUMSCAMConfig, AUResNetConfig
+from .configuration_sevnet import SEVNetConfig
+from .modeling_sevnet import (
+    AUDetectionOutput,
+    AUTextTableMixin,
+    SEVNetForAUDetection,
+    SEVNetPreTrainedModel,
+    create_backbone,
+    cross_modality_attention,
+    load_backbone_weights,
+    masked_bce_loss,
+)
+from .protocols import parse_au
+from .text_encoder import TextEncoder, load_text_encoder
+
+try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
+    from transformers import initialization as _init
+except ImportError:  # pragma: no cover - transformers 4.x
+    _init = nn.init
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------------
+def global_pool(visual_features: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool a B x d_v x h x w map to B x d_v by ``"avg"`` or ``"max"``."""
+    if mode == "max":
+        return visual_features.amax(dim=(-2, -1))
+    return visual_features.mean(dim=(-2, -1))
+
+
+class GraphConvolution(nn.Module):
+    """One graph convolution H' = M H W (+ b) (Kipf and Welling), with M given at call time, as in ML-GCN.
+
+    Weights start uniform in +-1/sqrt(out_features) like ML-GCN's layer; the optional bias starts at ``bias_init``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, bias_init: float = 0.0):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias_init = bias_init
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self, init=nn.init) -> None:
+        bound = 1.0 / math.sqrt(self.out_features)
+        init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            init.constant_(self.bias, self.bias_init)
+
+    def forward(self, node_features: torch.Tensor, propagation: torch.Tensor) -> torch.Tensor:
+        """node_features: N x in_features; propagation: N x N (the normalised adjacency). Returns N x out_features."""
+        output = propagation @ (node_features @ self.weight)
+        return output + self.bias if self.bias is not None else output
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class AUGraphEncoder(nn.Module):
+    """Stacked graph convolutions with LeakyReLU between them (none after the last), mapping N x d_in to N x d_out."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: list[int],
+        out_features: int,
+        negative_slope: float = 0.2,
+        output_bias: bool = False,
+        output_bias_init: float = 0.0,
+    ):
+        super().__init__()
+        widths = [in_features, *hidden_sizes, out_features]
+        self.layers = nn.ModuleList(
+            GraphConvolution(
+                widths[i],
+                widths[i + 1],
+                bias=output_bias and i == len(widths) - 2,
+                bias_init=output_bias_init,
+            )
+            for i in range(len(widths) - 1)
+        )
+        self.activation = nn.LeakyReLU(negative_slope)
+
+    def forward(self, node_features: torch.Tensor, propagation: torch.Tensor) -> torch.Tensor:
+        hidden = node_features
+        for index, layer in enumerate(self.layers):
+            if index > 0:
+                hidden = self.activation(hidden)
+            hidden = layer(hidden, propagation)
+        return hidden
+
+
+def graph_embedding_loss(au_embeddings: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
+    """MS-CAM's auxiliary term: mean over pairs i != j of (cos(e_i, e_j) - sign(A_ij + A_ji))^2.
+
+    Related AUs are pulled together (+1), negatively related ones apart (-1), unrelated ones towards orthogonal (0).
+    The symmetrised sign makes it apply to the PCC graph (+-1 entries) and the asymmetric conditional graph alike.
+    """
+    count = au_embeddings.shape[0]
+    if count < 2:
+        return au_embeddings.new_zeros(())
+    normalized = F.normalize(au_embeddings.float(), dim=-1)
+    cosine = normalized @ normalized.t()
+    graph = graph.to(device=cosine.device, dtype=cosine.dtype)
+    target = torch.sign(graph + graph.t())
+    off_diagonal = ~torch.eye(count, dtype=torch.bool, device=cosine.device)
+    return ((cosine - target)[off_diagonal] ** 2).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shared base classes
+# ----------------------------------------------------------------------------------------------------------------------
+class AUBaselinePreTrainedModel(SEVNetPreTrainedModel):
+    """Base of the baselines: SEV-Net's initialisation and saving (``auto_map["AutoModel"]``), plus graph layers."""
+
+    config_class = AUBaselineConfig
+    base_model_prefix = "au_baseline"
+    main_input_name = "pixel_values"
+    uses_au_text = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, GraphConvolution):
+            module.reset_parameters(init=_init)
+        else:
+            super()._init_weights(module)
+
+    def _build_backbone(self, config: AUBaselineConfig) -> None:
+        self.backbone = create_backbone(config.backbone)
+        self._mark_backbone(self.backbone)
+        if config.visual_hidden_size is None:
+            config.visual_hidden_size = int(self.backbone.num_features)
+        elif config.visual_hidden_size != self.backbone.num_features:
+            raise ValueError(
+                f"{type(config).__name__}.visual_hidden_size={config.visual_hidden_size} but backbone "
+                f"{config.backbone!r} gives {self.backbone.num_features} channels; set visual_hidden_size=None to read "
+                "it from the backbone"
+            )
+
+    @classmethod
+    def from_backbones(
+        cls,
+        config: AUBaselineConfig | None = None,
+        backbone_weights: str | os.PathLike | None = "timm",
+        text_encoder: str | os.PathLike | TextEncoder | None = None,
+        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
+    ) -> AUBaselinePreTrainedModel:
+        """Start a new model from pretrained parts, as ``SEVNetForAUDetection.from_backbones`` does.
+
+        Args:
+            config: the model configuration; graph models need ``config.graph`` (``set_graph_from_labels``).
+            backbone_weights: ``"timm"`` (download), a local state-dict file, or ``None`` (random initialisation).
+            text_encoder: Hub id, local folder or loaded [`TextEncoder`] for the AU text table (graph models only;
+                the ResNet baseline reads no text and ignores it).
+            au_descriptions: dict, JSON file, or ``None`` for ``config.au_descriptions`` / the shipped descriptions.
+        """
+        config = config if config is not None else cls.config_class()
+        encoder = None
+        if cls.uses_au_text:
+            encoder = (
+                text_encoder
+                if isinstance(text_encoder, TextEncoder)
+                else load_text_encoder(str(text_encoder or config.text_encoder), pooling=config.text_pooling)
+            )
+            config.text_encoder = encoder.name
+            config.text_pooling = encoder.pooling
+            config.text_hidden_size = encoder.hidden_size
+        model = cls(config)
+        if backbone_weights is not None:
+            load_backbone_weights(model.backbone, config.backbone, backbone_weights)
+        if encoder is not None:
+            model.set_au_descriptions(au_descriptions, text_encoder=encoder)
+        return model
+
+
+class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
+    """Base of the graph models: the frozen AU text table (node inputs), the graph buffer and the GCN."""
+
+    uses_au_text = True
+
+    def _build_graph_parts(self, config: AUBaselineConfig, output_bias: bool, output_bias_init: float = 0.0) -> None:
+        if config.graph is None:
+            raise ValueError(
+                f"{type(self).__name__} needs an AU graph: call config.set_graph_from_labels(train_labels) on the "
+                f"training labels (images x {config.num_labels}) before building the model"
+            )
+        self.register_buffer("au_text_embeddings", torch.zeros(config.num_labels, config.text_hidden_size))
+        self.register_buffer("graph_adjacency", self._propagation_tensor(config.graph, config.graph_type))
+        self.gcn = AUGraphEncoder(
+            config.text_hidden_size,
+            config.gcn_hidden_sizes,
+            config.visual_hidden_size,
+            negative_slope=config.gcn_leaky_slope,
+            output_bias=output_bias,
+            output_bias_init=output_bias_init,
+        )
+
+    @staticmethod
+    def _propagation_tensor(graph: list[list[float]], graph_type: str) -> torch.Tensor:
+        return torch.tensor(gcn_propagation_matrix(graph, graph_type), dtype=torch.float32)
+
+    def set_graph(self, graph: list[list[float]]) -> None:
+        """Replace the AU graph (raw A, num AUs x num AUs) in the config and the normalised buffer."""
+        stored = [[float(v) for v in row] for row in graph]
+        self.config._check_graph(stored)
+        self.config.graph = stored
+        buffer = self.graph_adjacency
+        self.graph_adjacency = self._propagation_tensor(stored, self.config.graph_type).to(buffer.device, buffer.dtype)
+
+    def compute_au_embeddings(self) -> torch.Tensor:
+        """GCN node outputs (num AUs x d_v) from the frozen AU text table; independent of the image."""
+        weight = self.gcn.layers[0].weight
+        table = self.au_text_embeddings.to(weight.dtype)
+        return self.gcn(table, self.graph_adjacency.to(weight.dtype))
+
+    def set_au_descriptions(
+        self,
+        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
+        text_encoder: str | os.PathLike | TextEncoder | None = None,
+        aus: list[int | str] | None = None,
+    ) -> None:
+        """Recompute the frozen AU text table (SEV-Net's logic, reused as is).
+
+        The AU set cannot change here: the graph is tied to it. Build a new config with ``aus=...`` and a graph from
+        labels of those AUs instead.
+        """
+        if aus is not None and [parse_au(a) for a in aus] != self.config.aus:
+            raise ValueError(
+                f"{type(self).__name__} cannot change its AU set ({self.config.au_labels}) in place: its graph is "
+                "computed for these AUs; make a new config with aus=[...] and set_graph_from_labels(train_labels)"
+            )
+        SEVNetForAUDetection.set_au_descriptions(self, au_descriptions, text_encoder=text_encoder)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+class AUResNetForAUDetection(AUBaselinePreTrainedModel):
+    """The plain baseline: backbone, global pooling (average by default) and one linear output per AU."""
+
+    config_class = AUResNetConfig
+
+    def __init__(self, config: AUResNetConfig):
+        super().__init__(config)
+        self._build_backbone(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.visual_hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AUDetectionOutput | tuple:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size, num_aus)`, *optional*):
+            1 present, 0 absent; a negative value or 9 marks an unknown label, left out of the loss.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        visual_features = self.backbone(pixel_values)
+        pooled = global_pool(visual_features, self.config.global_pool)
+        logits = self.classifier(self.dropout(pooled))
+        loss = masked_bce_loss(logits, labels) if labels is not None else None
+        output = AUDetectionOutput(loss=loss, logits=logits, visual_features=visual_features)
+        return output if return_dict else output.to_tuple()
+
+
+class AUMLGCNForAUDetection(AUGraphPreTrainedModel):
+    """ML-GCN for AUs: GCN node outputs over the AU text table are per-AU classifiers of the pooled image feature.
+
+    Two graph convolutions (text width -> 1024 -> d_v, LeakyReLU(0.2) between, no bias, as ML-GCN) by default;
+    logits = pooled @ W^T with W the N_AU x d_v node outputs.
+    """
+
+    config_class = AUMLGCNConfig
+
+    def __init__(self, config: AUMLGCNConfig):
+        super().__init__(config)
+        self._build_backbone(config)
+        self._build_graph_parts(config, output_bias=False)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AUDetectionOutput | tuple:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size, num_aus)`, *optional*):
+            1 present, 0 absent; a negative value or 9 marks an unknown label, left out of the loss.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        visual_features = self.backbone(pixel_values)
+        pooled = global_pool(visual_features, self.config.global_pool)
+        classifiers = self.compute_au_embeddings().to(pooled.dtype)
+        logits = self.dropout(pooled) @ classifiers.t()
+        loss = masked_bce_loss(logits, labels) if labels is not None else None
+        output = AUDetectionOutput(
+            loss=loss, logits=logits, visual_features=visual_features, au_embeddings=classifiers
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
+    """MS-CAM for AUs: GCN-based AU embeddings drive SEV-Net's cross-modality attention (Eq. 4-6) and classifier.
+
+    The last graph convolution has a bias that starts at ``au_projection_bias_init`` (as SEV-Net's AU projection),
+    so no AU starts with an all-zero attention map. With labels, the loss adds ``graph_embedding_loss_weight`` times
+    [`graph_embedding_loss`] to the masked BCE.
+    """
+
+    config_class = AUMSCAMConfig
+
+    def __init__(self, config: AUMSCAMConfig):
+        super().__init__(config)
+        self._build_backbone(config)
+        self._build_graph_parts(config, output_bias=True, output_bias_init=config.au_projection_bias_init)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = SEVNetForAUDetection._make_classifier(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AUDetectionOutput | tuple:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size, num_aus)`, *optional*):
+            1 present, 0 absent; a negative value or 9 marks an unknown label, left out of the loss.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        visual_features = self.backbone(pixel_values)
+        au_embeddings = self.compute_au_embeddings().to(visual_features.dtype)
+        attended, alpha = cross_modality_attention(visual_features, au_embeddings)
+        logits = self.classifier(self.dropout(attended))
+        loss = None
+        if labels is not None:
+            loss = masked_bce_loss(logits, labels)
+            if self.config.graph_embedding_loss_weight > 0:
+                graph = torch.tensor(self.config.graph, device=logits.device)
+                loss = loss + self.config.graph_embedding_loss_weight * graph_embedding_loss(au_embeddings, graph)
+        attentions = alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None
+        output = AUDetectionOutput(loss, logits, attentions, visual_features, au_embeddings)
+        return output if return_dict else output.to_tuple()
+
+
+# What training's ``--model-type`` picks from: name -> (config class, model class).
+MODEL_TYPES: dict[str, tuple[type[SEVNetConfig], type[SEVNetPreTrainedModel]]] = {
+    "sevnet": (SEVNetConfig, SEVNetForAUDetection),
+    "resnet": (AUResNetConfig, AUResNetForAUDetection),
+    "mlgcn": (AUMLGCNConfig, AUMLGCNForAUDetection),
+    "mscam": (AUMSCAMConfig, AUMSCAMForAUDetection),
+}
