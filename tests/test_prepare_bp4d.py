@@ -190,3 +190,13 @@ def test_prepare_command_end_to_end(tree, tmp_path):
     assert metadata["counts"]["frames_per_subject"] == {
         s: sum(1 for f in expected.values() if f.subject == s) for s in ("F001", "F003", "M009")
     }
+
+
+def test_command_reports_input_problems_without_a_traceback(tree, tmp_path, capsys):
+    assert bp4d.main(["--root", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 2
+    assert "AUCoding/AU_OCC exists; pass --labels-dir" in capsys.readouterr().err
+    assert bp4d.main(["--root", str(tree.root)]) == 2
+    assert "--output is required" in capsys.readouterr().err
+    assert bp4d.main(["--root", str(tree.root), "--output", str(tmp_path / "o"), "--subjects", "F001,F404"]) == 2
+    assert "F404" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()

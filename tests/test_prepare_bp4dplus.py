@@ -11,6 +11,7 @@ import pytest
 from fixtures_benchmarks import face_landmarks68, make_bp4dplus_tree, read_image_number, to49
 from scipy.io import savemat
 
+from sevnet_hf import cli
 from sevnet_hf.data.align import read_image
 from sevnet_hf.data.schema import load_prepared, read_metadata
 from sevnet_hf.datasets_scripts import bp4dplus
@@ -166,7 +167,8 @@ def test_setup_errors(tree, tmp_path):
 
 def test_prepare_command_end_to_end(tree, tmp_path):
     out = tmp_path / "prepared"
-    assert bp4dplus.main(["--root", str(tree.root), "--output", str(out), "--no_progress"]) == 0
+    argv = ["prepare", "bp4dplus", "--root", str(tree.root), "--output", str(out), "--no_progress"]
+    assert cli.main(argv) == 0  # the console entry point dispatches to bp4dplus.main
 
     dataset = load_prepared(out)
     expected = {f.key: f for f in tree.with_images()}

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..data.schema import FrameRecord, prepare_dataset
 from ..protocols import BP4D_AUS, BP4D_PARTS, BP4D_UNKNOWN_CODE, UNKNOWN_LABEL, au_label, parse_au
+from .common import PrepareError, parse_args, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _parse_number(text: str) -> float:
 def read_occurrence_csv(path: str | Path, aus: Sequence[int]) -> OccurrenceTable:
     """Read a BP4D / BP4D+ ``AU_OCC`` CSV (numbered or named header) and keep the columns of ``aus``.
 
-    Raises ``ValueError`` naming the file, line and column for an unknown AU name, a missing AU column, a duplicate
+    Raises ``PrepareError`` (a ``ValueError``) naming the file, line and column for an unknown AU name, a missing AU column, a duplicate
     frame or a code other than 0, 1, 9 or a negative number.
     """
     path = Path(path)
@@ -115,24 +116,24 @@ def read_occurrence_csv(path: str | Path, aus: Sequence[int]) -> OccurrenceTable
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or not any(cell.strip() for cell in header):
-            raise ValueError(f"{path}: empty file; expected a header row naming the AU columns")
+            raise PrepareError(f"{path}: empty file; expected a header row naming the AU columns")
         column_of: dict[int, int] = {}
         for column, cell in enumerate(header[1:], start=1):
             try:
                 au = parse_au(cell)
             except ValueError:
-                raise ValueError(
+                raise PrepareError(
                     f"{path}, line 1, column {column + 1}: header cell {cell.strip()!r} is not an AU name; expected "
                     "'0,1,...,99' (column k = AU k) or AU names such as '1,2,4,...' after the frame column"
                 ) from None
             if au in column_of:
-                raise ValueError(
+                raise PrepareError(
                     f"{path}, line 1: {au_label(au)} appears in columns {column_of[au] + 1} and {column + 1}"
                 )
             column_of[au] = column
         missing = [au_label(au) for au in aus if au not in column_of]
         if missing:
-            raise ValueError(
+            raise PrepareError(
                 f"{path}: no column for {', '.join(missing)} (the header names {len(column_of)} AUs: "
                 f"{', '.join(header[1:6])}...); expected the BP4D header '0,1,...,99' or a header naming these AUs"
             )
@@ -144,18 +145,18 @@ def read_occurrence_csv(path: str | Path, aus: Sequence[int]) -> OccurrenceTable
             if not cells or not any(cell.strip() for cell in cells):
                 continue
             if len(cells) != len(header):
-                raise ValueError(
+                raise PrepareError(
                     f"{path}, line {line_no}: {len(cells)} cells but the header has {len(header)}; the file is damaged"
                 )
             try:
                 frame_value = _parse_number(cells[0])
             except ValueError:
-                raise ValueError(f"{path}, line {line_no}: frame number {cells[0]!r} is not a number") from None
+                raise PrepareError(f"{path}, line {line_no}: frame number {cells[0]!r} is not a number") from None
             if frame_value != int(frame_value):
-                raise ValueError(f"{path}, line {line_no}: frame number {cells[0]!r} is not a whole number")
+                raise PrepareError(f"{path}, line {line_no}: frame number {cells[0]!r} is not a whole number")
             frame = int(frame_value)
             if frame in seen:
-                raise ValueError(f"{path}, line {line_no}: frame {frame} already appears on line {seen[frame]}")
+                raise PrepareError(f"{path}, line {line_no}: frame {frame} already appears on line {seen[frame]}")
             seen[frame] = line_no
             row = []
             for au, column in zip(aus, wanted):
@@ -165,7 +166,7 @@ def read_occurrence_csv(path: str | Path, aus: Sequence[int]) -> OccurrenceTable
                 except ValueError:
                     value = None
                 if value is None or value != int(value) or not (value in (0, 1, BP4D_UNKNOWN_CODE) or value < 0):
-                    raise ValueError(
+                    raise PrepareError(
                         f"{path}, line {line_no}, column {column + 1} ({au_label(au)}): code {cell!r}; expected 0 "
                         f"(absent), 1 (present) or {BP4D_UNKNOWN_CODE} (not coded)"
                     )
@@ -211,7 +212,7 @@ def subject_parts(parts: Mapping[int, Sequence[str]]) -> dict[str, int]:
     for part, subjects in parts.items():
         for subject in subjects:
             if subject in part_of:
-                raise ValueError(f"subject {subject} is listed in part {part_of[subject]} and part {part}")
+                raise PrepareError(f"subject {subject} is listed in part {part_of[subject]} and part {part}")
             part_of[subject] = int(part)
     return part_of
 
@@ -246,12 +247,12 @@ def select_sequences(
     if subjects is not None:
         unknown = [s for s in subjects if s not in present]
         if unknown:
-            raise ValueError(f"--subjects names {', '.join(unknown)}, which have no label files in {labels_dir}")
+            raise PrepareError(f"--subjects names {', '.join(unknown)}, which have no label files in {labels_dir}")
     if tasks is not None:
         present_tasks = {task for _, task in label_files}
         unknown = [t for t in tasks if t not in present_tasks]
         if unknown:
-            raise ValueError(f"--tasks names {', '.join(unknown)}, which have no label files in {labels_dir}")
+            raise PrepareError(f"--tasks names {', '.join(unknown)}, which have no label files in {labels_dir}")
     chosen = [
         (subject, task, path)
         for (subject, task), path in sorted(label_files.items(), key=lambda item: (item[0][0], _task_key(item[0][1])))
@@ -259,7 +260,7 @@ def select_sequences(
     ]
     outside = sorted({subject for subject, _, _ in chosen if subject not in part_of})
     if outside:
-        raise ValueError(
+        raise PrepareError(
             f"subjects {', '.join(outside)} (label files in {labels_dir}) are in no part of {parts_source}; "
             "rename the files or leave these subjects out with --subjects"
         )
@@ -278,7 +279,7 @@ def _task_key(task: str) -> tuple[int, str]:
 def read_bp4d_landmarks(path: str | Path) -> list[np.ndarray | None]:
     """Read a BP4D ``2DFeatures`` v7.3 file: one (49, 2) float array per video frame, None where tracking was lost.
 
-    Raises ``ValueError`` naming the file and entry when a point array does not hold 49 points of (x, y).
+    Raises ``PrepareError`` (a ``ValueError``) naming the file and entry when a point array does not hold 49 points of (x, y).
     """
     import h5py
 
@@ -286,10 +287,10 @@ def read_bp4d_landmarks(path: str | Path) -> list[np.ndarray | None]:
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path}: not a MATLAB v7.3 (HDF5) file ({err}); BP4D 2DFeatures files are v7.3") from None
+        raise PrepareError(f"{path}: not a MATLAB v7.3 (HDF5) file ({err}); BP4D 2DFeatures files are v7.3") from None
     with handle:
         if "fit" not in handle or "pred" not in handle["fit"]:
-            raise ValueError(f"{path}: no 'fit/pred' dataset; expected BP4D 2DFeatures with fit/pred point arrays")
+            raise PrepareError(f"{path}: no 'fit/pred' dataset; expected BP4D 2DFeatures with fit/pred point arrays")
         refs = np.asarray(handle["fit/pred"][()]).reshape(-1)
         points: list[np.ndarray | None] = []
         for index, ref in enumerate(refs):
@@ -304,7 +305,7 @@ def read_bp4d_landmarks(path: str | Path) -> list[np.ndarray | None]:
             if array.shape == (2, 49):  # MATLAB stores the 49x2 matrix column-major
                 array = array.T
             if array.shape != (49, 2):
-                raise ValueError(
+                raise PrepareError(
                     f"{path}: fit/pred entry {index} (0-based) has shape {array.shape}; expected 49 points of (x, y)"
                 )
             points.append(array if np.isfinite(array).all() else None)
@@ -483,7 +484,7 @@ def resolve_dir(explicit: str | None, root: str | None, names: Sequence[str], op
     if explicit is not None:
         return Path(explicit)
     if root is None:
-        raise ValueError(f"pass --root, or {option} and the other folder options")
+        raise PrepareError(f"pass --root, or {option} and the other folder options")
     for name in names:
         candidate = Path(root) / name
         if candidate.is_dir():
@@ -501,15 +502,10 @@ def required_dir(explicit: str | None, root: str | None, names: Sequence[str], o
 
 
 def parse_arguments(argv: Sequence[str] | None, arguments_class: type) -> Any:
-    """Parse ``argv`` into ``arguments_class`` with ``HfArgumentParser``; ``--output`` is required."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(arguments_class)
-    (args,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
+    """Parse ``argv`` into ``arguments_class`` (``HfArgumentParser``); ``--output`` and ``--root`` are required."""
+    args = parse_args(arguments_class, argv)
     if not args.output:
-        parser.error("--output is required")
-    if args.root is None and getattr(args, "labels_dir", None) is None:
-        parser.error("--root is required (or pass every folder option)")
+        raise PrepareError("--output is required: the folder to write the prepared dataset to")
     return args
 
 
@@ -537,8 +533,12 @@ def run_preparation(reader: Any, args: Any, *, source: str, partition_name: str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``sevnet-hf prepare bp4d --root DIR --output OUT``."""
-    args = parse_arguments(argv, PrepareBP4DArguments)
+    """``sevnet-hf prepare bp4d --root DIR --output OUT``; returns 0, or 2 after printing an input problem."""
+    return run_cli(lambda: prepare_bp4d(parse_arguments(argv, PrepareBP4DArguments)))
+
+
+def prepare_bp4d(args: PrepareBP4DArguments) -> int:
+    """Read the folders named by ``args`` and write the prepared dataset."""
     labels_dir = required_dir(args.labels_dir, args.root, ("AUCoding/AU_OCC",), "--labels-dir")
     frames_dir = required_dir(args.frames_dir, args.root, FRAME_FOLDER_NAMES, "--frames-dir")
     landmarks_dir = None

@@ -59,6 +59,7 @@ from .bp4d import (
     split_names,
     subject_parts,
 )
+from .common import PrepareError, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def load_bp4dplus_parts(path: str | Path = PARTS_FILE) -> dict[int, tuple[str, .
     except FileNotFoundError:
         raise FileNotFoundError(f"BP4D+ parts file {path} does not exist (it ships with sevnet-hf)") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ValueError(
+        raise PrepareError(
             f"{path}: not a parts file of the form {{'parts': {{'1': [subjects...], ...}}}} ({err})"
         ) from None
     subject_parts(parts)  # a subject in two parts is an error
@@ -134,7 +135,7 @@ def zip_entries(path: str | Path, subject: str) -> dict[str, dict[int, str]]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
-        raise ValueError(f"{path}: not a readable zip archive ({err})") from None
+        raise PrepareError(f"{path}: not a readable zip archive ({err})") from None
     with archive:
         for name in archive.namelist():
             entry = PurePosixPath(name)
@@ -148,19 +149,19 @@ def zip_entries(path: str | Path, subject: str) -> dict[str, dict[int, str]]:
 
 
 def decode_jpeg(data: bytes, where: str) -> np.ndarray:
-    """Decode image bytes to uint8 RGB; ``ValueError`` naming ``where`` when they are not an image."""
+    """Decode image bytes to uint8 RGB; ``PrepareError`` naming ``where`` when they are not an image."""
     import cv2
 
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
-        raise ValueError(f"{where}: not a readable image")
+        raise PrepareError(f"{where}: not a readable image")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def read_bp4dplus_landmarks(path: str | Path) -> dict[int, np.ndarray]:
     """Read a BP4D+ ``2DFeatures`` v5 file: ``{video frame (1-based): (49, 2) points}``; lost frames are absent.
 
-    Raises ``ValueError`` naming the file and entry for a missing ``fit`` struct or points of the wrong shape.
+    Raises ``PrepareError`` (a ``ValueError``) naming the file and entry for a missing ``fit`` struct or points of the wrong shape.
     """
     from scipy.io import loadmat
 
@@ -168,12 +169,12 @@ def read_bp4dplus_landmarks(path: str | Path) -> dict[int, np.ndarray]:
     try:
         content = loadmat(path, squeeze_me=False, struct_as_record=True)
     except NotImplementedError:
-        raise ValueError(f"{path}: a MATLAB v7.3 file; BP4D+ 2DFeatures files are v5 (scipy.io.loadmat)") from None
+        raise PrepareError(f"{path}: a MATLAB v7.3 file; BP4D+ 2DFeatures files are v5 (scipy.io.loadmat)") from None
     except Exception as err:  # scipy raises several types for damaged files
-        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from None
+        raise PrepareError(f"{path}: not a readable MATLAB file ({err})") from None
     fit = content.get("fit")
     if fit is None or fit.dtype.names is None or not {"frame", "pts_2d"} <= set(fit.dtype.names):
-        raise ValueError(f"{path}: no struct 'fit' with fields 'frame' and 'pts_2d'; expected BP4D+ 2DFeatures")
+        raise PrepareError(f"{path}: no struct 'fit' with fields 'frame' and 'pts_2d'; expected BP4D+ 2DFeatures")
     points: dict[int, np.ndarray] = {}
     for index, entry in enumerate(fit.reshape(-1)):
         frame = np.asarray(entry["frame"]).reshape(-1)
@@ -181,7 +182,7 @@ def read_bp4dplus_landmarks(path: str | Path) -> dict[int, np.ndarray]:
         if frame.size == 0 or pts.size == 0:
             continue
         if pts.shape != (49, 2):
-            raise ValueError(f"{path}: fit({index + 1}).pts_2d has shape {pts.shape}; expected 49 points of (x, y)")
+            raise PrepareError(f"{path}: fit({index + 1}).pts_2d has shape {pts.shape}; expected 49 points of (x, y)")
         pts = pts.astype(np.float64)
         if np.isfinite(pts).all():
             points[int(frame[0])] = pts
@@ -390,13 +391,17 @@ class PrepareBP4DPlusArguments:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``sevnet-hf prepare bp4dplus --root DIR --output OUT``."""
+    """``sevnet-hf prepare bp4dplus --root DIR --output OUT``; returns 0, or 2 after printing an input problem."""
     if argv is None:
         argv = sys.argv[1:]
     if list(argv[:1]) == ["--write-parts"]:
         print(write_bp4dplus_parts(*argv[1:2]))
         return 0
-    args = parse_arguments(argv, PrepareBP4DPlusArguments)
+    return run_cli(lambda: prepare_bp4dplus(parse_arguments(argv, PrepareBP4DPlusArguments)))
+
+
+def prepare_bp4dplus(args: PrepareBP4DPlusArguments) -> int:
+    """Read the folders named by ``args`` and write the prepared dataset."""
     labels_dir = required_dir(args.labels_dir, args.root, ("AUCoding/AU_OCC",), "--labels-dir")
     frames_dir = required_dir(args.frames_dir, args.root, ("2D+3D",), "--frames-dir")
     landmarks_dir = None

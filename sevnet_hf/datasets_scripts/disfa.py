@@ -52,6 +52,7 @@ from .bp4d import (
     split_names,
     subject_parts,
 )
+from .common import PrepareError, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class DisfaLabels:
 def read_intensity_file(path: str | Path) -> dict[int, float]:
     """Read one DISFA ``{S}_au{n}.txt``: ``{frame: intensity}``.
 
-    Raises ``ValueError`` naming the file and line for a malformed line, a repeated frame or an intensity outside 0-5.
+    Raises ``PrepareError`` (a ``ValueError``) naming the file and line for a malformed line, a repeated frame or an intensity outside 0-5.
     """
     path = Path(path)
     values: dict[int, float] = {}
@@ -98,16 +99,16 @@ def read_intensity_file(path: str | Path) -> dict[int, float]:
                     raise ValueError
                 frame_value, intensity = float(cells[0]), float(cells[1])
             except ValueError:
-                raise ValueError(
+                raise PrepareError(
                     f"{path}, line {line_no}: {text!r} is not 'frame,intensity' (two numbers separated by a comma)"
                 ) from None
             if frame_value != int(frame_value) or frame_value < 1:
-                raise ValueError(f"{path}, line {line_no}: frame {cells[0]!r} is not a positive whole number")
+                raise PrepareError(f"{path}, line {line_no}: frame {cells[0]!r} is not a positive whole number")
             if not 0 <= intensity <= MAX_INTENSITY:
-                raise ValueError(f"{path}, line {line_no}: intensity {cells[1]!r} is outside 0-{MAX_INTENSITY}")
+                raise PrepareError(f"{path}, line {line_no}: intensity {cells[1]!r} is outside 0-{MAX_INTENSITY}")
             frame = int(frame_value)
             if frame in values:
-                raise ValueError(f"{path}, line {line_no}: frame {frame} is labelled twice")
+                raise PrepareError(f"{path}, line {line_no}: frame {frame} is labelled twice")
             values[frame] = intensity
     return values
 
@@ -188,15 +189,15 @@ def read_landmark_file(path: str | Path) -> np.ndarray | None:
     try:
         content = loadmat(path)
     except Exception as err:  # scipy raises several types for damaged files
-        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from None
+        raise PrepareError(f"{path}: not a readable MATLAB file ({err})") from None
     if "pts" not in content:
         names = sorted(key for key in content if not key.startswith("__"))
-        raise ValueError(f"{path}: no variable 'pts' (found {names}); DISFA landmark files hold pts = 66x2")
+        raise PrepareError(f"{path}: no variable 'pts' (found {names}); DISFA landmark files hold pts = 66x2")
     points = np.asarray(content["pts"], dtype=np.float64)
     if points.size == 0:
         return None
     if points.shape != (66, 2):
-        raise ValueError(f"{path}: 'pts' has shape {points.shape}; expected 66 points of (x, y), i.e. 66x2")
+        raise PrepareError(f"{path}: 'pts' has shape {points.shape}; expected 66 points of (x, y), i.e. 66x2")
     return points if np.isfinite(points).all() else None
 
 
@@ -207,7 +208,7 @@ def video_frame_count(path: str | Path) -> int:
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            raise ValueError(f"{path}: OpenCV cannot open this video (damaged file or missing codec)")
+            raise PrepareError(f"{path}: OpenCV cannot open this video (damaged file or missing codec)")
         return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     finally:
         capture.release()
@@ -251,11 +252,11 @@ class DisfaReader(ReaderNotes):
         if subjects is not None:
             unknown = [s for s in subjects if s not in present]
             if unknown:
-                raise ValueError(f"--subjects names {', '.join(unknown)}, which have no folder in {self.labels_dir}")
+                raise PrepareError(f"--subjects names {', '.join(unknown)}, which have no folder in {self.labels_dir}")
             present = [s for s in present if s in subjects]
         outside = [s for s in present if s not in self.part_of]
         if outside:
-            raise ValueError(
+            raise PrepareError(
                 f"subjects {', '.join(outside)} (folders in {self.labels_dir}) are in no part of protocols.DISFA_PARTS; "
                 "remove the folders or leave these subjects out with --subjects"
             )
@@ -322,7 +323,7 @@ class DisfaReader(ReaderNotes):
         files, shift = self.landmark_files[subject], self.landmark_shift[subject]
         capture = cv2.VideoCapture(str(video))
         if not capture.isOpened():
-            raise ValueError(f"{video}: OpenCV cannot open this video (damaged file or missing codec)")
+            raise PrepareError(f"{video}: OpenCV cannot open this video (damaged file or missing codec)")
         decoded = 0
         try:
             while True:
@@ -395,8 +396,12 @@ class PrepareDisfaArguments:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``sevnet-hf prepare disfa --root DIR --output OUT``."""
-    args = parse_arguments(argv, PrepareDisfaArguments)
+    """``sevnet-hf prepare disfa --root DIR --output OUT``; returns 0, or 2 after printing an input problem."""
+    return run_cli(lambda: prepare_disfa(parse_arguments(argv, PrepareDisfaArguments)))
+
+
+def prepare_disfa(args: PrepareDisfaArguments) -> int:
+    """Read the folders named by ``args`` and write the prepared dataset."""
     labels_dir = required_dir(args.labels_dir, args.root, ("ActionUnit_Labels",), "--labels-dir")
     video_dir = required_dir(args.video_dir, args.root, ("Videos_LeftCamera",), "--video-dir")
     landmarks_dir = None
