@@ -18,7 +18,10 @@ the 12 AUs of ``protocols.BP4D_AUS``.
 Frames. Every coded row becomes one example, so a prepared set follows whatever frames the CSVs code: with the full
 release that is ME-GraphAU's list (146,847 frames; JAA-Net's list has 146,576). CSV frame *f* is read from the image
 numbered ``f + frame_offset``. The default offset 0 maps *f* to ``f.jpg``, as AU_R-CNN does. Images are matched
-by their number, whatever the zero padding. A coded frame that has no image gets a report line and is skipped.
+by their number, whatever the zero padding. A coded frame that has no image is listed under ``errors`` in
+report.json (with the file name it should have) and skipped; the run goes on. Setup observations (a task folder or
+landmark file that is missing) go into the metadata's ``reader_notes``. ``--tasks`` and ``--subjects`` restrict
+the run; every other input problem stops it with a message naming the file, line or column.
 
 Landmarks. ``fit/pred`` has one entry per video frame; entry *i* (0-based) goes with image number ``first + i``,
 where ``first`` is the lowest image number in the sequence folder (0 for ``0000.jpg``), so images missing in the
