@@ -18,13 +18,17 @@ def _results_table(results: dict | None) -> str:
     test = results["test"]
     names = list(test["f1"])
     header = "| | " + " | ".join(names) + " | Avg |\n|---|" + "---|" * (len(names) + 1)
-    rows = [f"| {results.get('model_type', 'sevnet')} (test F1 %) | " + " | ".join(f"{test['f1'][n]:.1f}" for n in names)
-            + f" | **{test['f1_mean']:.1f}** |"]
+    rows = [
+        f"| {results.get('model_type', 'sevnet')} (test F1 %) | "
+        + " | ".join(f"{test['f1'][n]:.1f}" for n in names)
+        + f" | **{test['f1_mean']:.1f}** |"
+    ]
     for key, label in (("frequency_prior", "frequency prior"), ("all_present", "always present")):
         if key in results:
             scores = results[key]
-            rows.append(f"| {label} | " + " | ".join(f"{scores['f1'][n]:.1f}" for n in names)
-                        + f" | {scores['f1_mean']:.1f} |")
+            rows.append(
+                f"| {label} | " + " | ".join(f"{scores['f1'][n]:.1f}" for n in names) + f" | {scores['f1_mean']:.1f} |"
+            )
     return "\n".join([header, *rows])
 
 
@@ -39,18 +43,22 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         f"{len(subjects.get('train', [])) or '?'} subjects, {images.get('validation', '?')} validation images from "
         f"{len(subjects.get('validation', [])) or '?'} held-out training subjects (early stopping), and "
         f"{images.get('test', '?')} test images from {len(subjects.get('test', [])) or '?'} unseen subjects."
-        if results else "Not recorded."
+        if results
+        else "Not recorded."
     )
     protocol = (
         f"{results.get('fold_name', 'fold ?')}; subject-exclusive; occurrence = sigmoid >= 0.5; per-AU F1 with TP/FP/FN "
         f"accumulated over the whole test part, unknown labels ignored. Best epoch {results.get('best_epoch', '?')} of "
         f"{results.get('epochs_run', '?')} (validation mean F1 {results.get('validation_f1_mean', float('nan')):.1f})."
-        if results else "Not recorded."
+        if results
+        else "Not recorded."
     )
     extra = ""
     if source == "synthetic":
-        extra = ("- Trained on the synthetic AU faces of sevnet-hf (rendered cartoons), not on human-coded video: "
-                 "a pipeline check and demo model, not a detector for real faces.")
+        extra = (
+            "- Trained on the synthetic AU faces of sevnet-hf (rendered cartoons), not on human-coded video: "
+            "a pipeline check and demo model, not a detector for real faces."
+        )
     dataset_ids = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "synthetic": "sevnet-hf-synthetic-au-faces"}
     values = {
         "title": f"SEV-Net AU detector ({config.backbone}, {len(config.au_labels)} AUs)",

@@ -29,7 +29,7 @@ def decode_resized(data: bytes | str, size: int) -> np.ndarray:
         image = image.convert("RGB")
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
-        return np.asarray(image)
+        return np.array(image)  # a writable copy (torch.from_numpy needs one)
 
 
 class AUImageDataset(torch.utils.data.Dataset):
@@ -88,7 +88,9 @@ class DeviceAugment(nn.Module):
             tops = torch.randint(0, height - crop + 1, (batch,), generator=generator).tolist()
             lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
             flips = torch.rand(batch, generator=generator) < 0.5
-            crops = torch.stack([images[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(zip(tops, lefts))])
+            crops = torch.stack(
+                [images[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(zip(tops, lefts))]
+            )
             crops = torch.where(flips.to(images.device).view(-1, 1, 1, 1), crops.flip(-1), crops)
         else:
             top, left = (height - crop) // 2, (width - crop) // 2

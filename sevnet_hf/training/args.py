@@ -23,13 +23,16 @@ class TrainArguments:
     text_encoder: str = field(
         default=DEFAULT_TEXT_ENCODER, metadata={"help": "Frozen Intra-AU encoder: Hub id or local folder."}
     )
-    descriptions: str | None = field(default=None, metadata={"help": "JSON file of AU descriptions (default: shipped)."})
+    descriptions: str | None = field(
+        default=None, metadata={"help": "JSON file of AU descriptions (default: shipped)."}
+    )
     config_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON of model config fields, e.g. \'{"inter_au_hidden_size": 384}\'.'}
+        default=None, metadata={"help": "JSON of model config fields, e.g. '{\"inter_au_hidden_size\": 384}'."}
     )
     image_size: int = field(default=224, metadata={"help": "Crop size fed to the model (faces are resized first)."})
     resize_size: int | None = field(
-        default=None, metadata={"help": "Side the aligned faces are resized to before cropping (default 256/224 x crop)."}
+        default=None,
+        metadata={"help": "Side the aligned faces are resized to before cropping (default 256/224 x crop)."},
     )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (paper: 1e-3)."})
     lr_decay: float = field(default=0.85, metadata={"help": "Learning-rate factor applied after every epoch (paper)."})
@@ -57,7 +60,8 @@ class TrainArguments:
     log_every: int = field(default=10, metadata={"help": "Steps between progress-bar loss updates."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars (main process)."})
     stop_after_epochs: int | None = field(
-        default=None, metadata={"help": "Stop the process after this many epochs this run (simulates an interruption)."}
+        default=None,
+        metadata={"help": "Stop the process after this many epochs this run (simulates an interruption)."},
     )
 
     def __post_init__(self) -> None:

@@ -36,13 +36,20 @@ def build_model(args: TrainArguments, aus: list[int], train_labels: np.ndarray):
         try:
             processor = SEVNetImageProcessor.from_pretrained(args.model_name_or_path)
         except OSError:
-            processor = SEVNetImageProcessor.from_backbone(model.config.backbone, size=resize, crop_size=args.image_size)
+            processor = SEVNetImageProcessor.from_backbone(
+                model.config.backbone, size=resize, crop_size=args.image_size
+            )
         processor.size, processor.crop_size = resize, args.image_size
         return model, processor
     config_class, model_class = model_classes(args.model_type)
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
-    config = config_class(backbone=args.backbone, image_size=args.image_size, text_encoder=args.text_encoder,
-                          id2label={i: au_label(a) for i, a in enumerate(aus)}, **overrides)
+    config = config_class(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        text_encoder=args.text_encoder,
+        id2label={i: au_label(a) for i, a in enumerate(aus)},
+        **overrides,
+    )
     if hasattr(config, "set_graph_from_labels"):
         config.set_graph_from_labels(train_labels)
     weights = None if args.backbone_weights.lower() == "none" else args.backbone_weights

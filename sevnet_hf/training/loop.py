@@ -124,8 +124,9 @@ def train(args: TrainArguments) -> dict:
     metadata = read_metadata(args.dataset)
     aus = [int(a) for a in metadata["aus"]]
     au_columns = list(metadata["au_columns"])
-    splits = split_fold(dataset, args.fold, metadata=metadata, val_fraction=args.val_fraction, seed=args.seed,
-                        verbose=main)
+    splits = split_fold(
+        dataset, args.fold, metadata=metadata, val_fraction=args.val_fraction, seed=args.seed, verbose=main
+    )
     resize = args.resize_size or int(round(args.image_size * 256 / 224))
     parts = {name: AUImageDataset(splits[name], au_columns, size=resize) for name in ("train", "validation", "test")}
     train_labels = parts["train"].labels.numpy()
@@ -134,7 +135,9 @@ def train(args: TrainArguments) -> dict:
     if args.channels_last and accelerator.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     augment = DeviceAugment(
-        args.image_size, processor.image_mean, processor.image_std,
+        args.image_size,
+        processor.image_mean,
+        processor.image_std,
         channels_last=args.channels_last and accelerator.device.type == "cuda",
     ).to(accelerator.device)
 
@@ -145,8 +148,9 @@ def train(args: TrainArguments) -> dict:
         pin_memory=accelerator.device.type == "cuda",
         persistent_workers=args.num_workers > 0,
     )
-    train_loader = DataLoader(parts["train"], batch_size=args.batch_size, sampler=sampler, drop_last=False,
-                              **loader_kwargs)
+    train_loader = DataLoader(
+        parts["train"], batch_size=args.batch_size, sampler=sampler, drop_last=False, **loader_kwargs
+    )
     eval_batch = args.eval_batch_size or args.batch_size
     val_loader = DataLoader(parts["validation"], batch_size=eval_batch, shuffle=False, **loader_kwargs)
     test_loader = DataLoader(parts["test"], batch_size=eval_batch, shuffle=False, **loader_kwargs)
@@ -183,8 +187,13 @@ def train(args: TrainArguments) -> dict:
         sampler.set_epoch(epoch)
         set_seed(args.seed * 1000 + epoch, device_specific=True)  # dropout + augmentation depend on (seed, epoch)
         model.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{args.epochs}", disable=not (main and args.progress),
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{args.epochs}",
+            disable=not (main and args.progress),
+            dynamic_ncols=True,
+            leave=False,
+        )
         loss_sum = torch.zeros((), device=accelerator.device)
         seen, started = 0, time.perf_counter()
         for step, batch in enumerate(train_loader):
@@ -227,8 +236,11 @@ def train(args: TrainArguments) -> dict:
         else:
             state["epochs_without_improvement"] += 1
         if main:
-            print(f"epoch {epoch}: train loss {train_loss:.4f}, val mean F1 {val_scores['f1_mean']:.1f}"
-                  f"{' (best)' if improved else ''}, {record['train_images_per_s']:.0f} img/s", flush=True)
+            print(
+                f"epoch {epoch}: train loss {train_loss:.4f}, val mean F1 {val_scores['f1_mean']:.1f}"
+                f"{' (best)' if improved else ''}, {record['train_images_per_s']:.0f} img/s",
+                flush=True,
+            )
             with log_file.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             if improved:
@@ -238,7 +250,9 @@ def train(args: TrainArguments) -> dict:
         if args.stop_after_epochs and epochs_this_run >= args.stop_after_epochs and epoch < args.epochs:
             accelerator.wait_for_everyone()
             if main:
-                print(f"Stopping after {epochs_this_run} epoch(s) as asked (--stop_after_epochs); resume with --resume")
+                print(
+                    f"Stopping after {epochs_this_run} epoch(s) as asked (--stop_after_epochs); resume with --resume"
+                )
             accelerator.end_training()
             return {"interrupted_after_epoch": epoch}
 
@@ -264,6 +278,9 @@ def train(args: TrainArguments) -> dict:
         "stopped_early": stopped_early,
         "validation_f1_mean": state["best_f1"],
         "test": test_scores,
+        "test_images_evaluated": int(len(labels)),
+        "process": {"index": accelerator.process_index, "count": accelerator.num_processes},
+        "weights_sha256": _weights_sha256(unwrapped),
         "frequency_prior": baselines["prior"],
         "all_present": baselines["all_present"],
         "history": state["history"],
@@ -277,9 +294,12 @@ def train(args: TrainArguments) -> dict:
         np.savez_compressed(output_dir / "test_predictions.npz", probabilities=probabilities, labels=labels)
         _write_model_card(final, unwrapped.config, results)
         _plot_curves(state["history"], output_dir / "training_curve.png")
-        print(f"{fold_name(args.fold)}: test mean F1 {test_scores['f1_mean']:.1f} "
-              f"(frequency prior {baselines['prior']['f1_mean']:.1f}, all-present {baselines['all_present']['f1_mean']:.1f}); "
-              f"model saved to {final}", flush=True)
+        print(
+            f"{fold_name(args.fold)}: test mean F1 {test_scores['f1_mean']:.1f} "
+            f"(frequency prior {baselines['prior']['f1_mean']:.1f}, all-present {baselines['all_present']['f1_mean']:.1f}); "
+            f"model saved to {final}",
+            flush=True,
+        )
     accelerator.end_training()
     return results
 
@@ -294,6 +314,17 @@ def _save_epoch_checkpoint(accelerator, output_dir: Path, epoch: int, state: dic
         for old in _complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _weights_sha256(model) -> str:
+    """A hash of every parameter and buffer (processes of a data-parallel run must agree on it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_best_state(folder: Path) -> dict:

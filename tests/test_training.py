@@ -1,0 +1,125 @@
+"""Accelerate training: a whole run end to end, resume equivalence, and 2-process data parallelism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sevnet_hf.training.args import TrainArguments
+from sevnet_hf.training.loop import train
+from tests.fixtures_data import make_prepared_dataset
+
+TINY_OVERRIDES = json.dumps(
+    {"inter_au_hidden_size": 48, "inter_au_num_heads": 6, "inter_au_intermediate_size": 64, "inter_au_dropout": 0.1}
+)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def run_args(prepared, text_encoder, output_dir, **overrides):
+    fields = dict(
+        dataset=str(prepared),
+        output_dir=str(output_dir),
+        text_encoder=text_encoder,
+        backbone_weights="none",
+        config_overrides=TINY_OVERRIDES,
+        image_size=56,
+        resize_size=64,
+        batch_size=5,
+        epochs=2,
+        num_workers=0,
+        progress=False,
+        seed=3,
+        val_fraction=0.3,
+    )
+    fields.update(overrides)
+    return TrainArguments(**fields)
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_full_run_saves_a_loadable_model_with_results(prepared, tiny_text_encoder_dir, tmp_path):
+    from transformers import AutoModel
+
+    results = train(run_args(prepared, tiny_text_encoder_dir, tmp_path))
+    model_dir = tmp_path / "model"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "results.json"):
+        assert (model_dir / name).is_file(), name
+    assert (tmp_path / "training_curve.png").is_file()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    subjects = results["subjects"]
+    assert not set(subjects["test"]) & (set(subjects["train"]) | set(subjects["validation"]))
+    assert not set(subjects["train"]) & set(subjects["validation"])
+    assert all(s.startswith("P3") for s in subjects["test"])  # fold 1 tests on part 3
+    assert results["images"]["test"] == 12
+    assert set(results["test"]["f1"]) == {"AU1", "AU2", "AU4"}
+    model = AutoModel.from_pretrained(model_dir)
+    assert model.config.au_labels == ["AU1", "AU2", "AU4"] and model.has_au_text_embeddings
+    assert "test mean F1" in (model_dir / "README.md").read_text() or "Avg" in (model_dir / "README.md").read_text()
+
+
+def test_resume_after_first_epoch_matches_an_uninterrupted_run(prepared, tiny_text_encoder_dir, tmp_path):
+    straight = tmp_path / "straight"
+    train(run_args(prepared, tiny_text_encoder_dir, straight))
+    resumed = tmp_path / "resumed"
+    first = train(run_args(prepared, tiny_text_encoder_dir, resumed, stop_after_epochs=1))
+    assert first == {"interrupted_after_epoch": 1}
+    assert not (resumed / "model").exists()
+    train(run_args(prepared, tiny_text_encoder_dir, resumed, resume=True))
+    a, b = weights(straight / "model"), weights(resumed / "model")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    history = [json.loads(line)["epoch"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert history == [1, 2]  # the resumed run did not redo epoch 1
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_once(
+    prepared, tiny_text_encoder_dir, tmp_path
+):
+    worker = Path(__file__).with_name("dist_worker.py")
+    args = run_args(prepared, tiny_text_encoder_dir, tmp_path / "run", epochs=1, batch_size=4)
+    (tmp_path / "args.json").write_text(json.dumps(vars(args)))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    # torchrun starts the 2 processes; Accelerate reads its environment and uses gloo on the CPU.
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(worker),
+        str(tmp_path / "args.json"),
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    for rank in ranks:
+        # 12 test images split over 2 processes in batches of 4: padding is dropped, each image counted once.
+        assert rank["test_images_evaluated"] == 12
+        assert rank["test_support"] == ranks[0]["test_support"]
