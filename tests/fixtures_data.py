@@ -13,7 +13,6 @@ from sevnet_hf.data.schema import FrameRecord, prepare_dataset
 def make_prepared_dataset(out_dir: Path, aus=(1, 2, 4), subjects_per_part: int = 2, frames: int = 6, size: int = 96):
     """Faces are flat images whose quadrant brightness follows the labels (learnable), with the 5-point template
     (scaled to the image) as landmarks so alignment is a pure scaling. Some labels are unknown (-1)."""
-    rng = np.random.default_rng(0)
     template = canonical_template(size)
     partition = {}
     units = []
@@ -22,7 +21,9 @@ def make_prepared_dataset(out_dir: Path, aus=(1, 2, 4), subjects_per_part: int =
             subject = f"P{part}S{s}"
             partition[subject] = part
 
-            def thunk(subject=subject, seed=len(units)):
+            seed = len(units)
+
+            def thunk(subject=subject, seed=seed):
                 local = np.random.default_rng(seed)
                 for frame in range(frames):
                     labels = {au: int(local.random() < 0.4) for au in aus}
@@ -44,7 +45,6 @@ def make_prepared_dataset(out_dir: Path, aus=(1, 2, 4), subjects_per_part: int =
                     )
 
             units.append((subject, thunk))
-    del rng
     prepare_dataset(
         units,
         out_dir,

@@ -89,7 +89,7 @@ class DeviceAugment(nn.Module):
             lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
             flips = torch.rand(batch, generator=generator) < 0.5
             crops = torch.stack(
-                [images[i, :, t : t + crop, l : l + crop] for i, (t, l) in enumerate(zip(tops, lefts))]
+                [images[i, :, t : t + crop, left : left + crop] for i, (t, left) in enumerate(zip(tops, lefts))]
             )
             crops = torch.where(flips.to(images.device).view(-1, 1, 1, 1), crops.flip(-1), crops)
         else:

@@ -9,7 +9,6 @@ tested on the fold's test part and saved with ``save_pretrained`` plus its image
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
