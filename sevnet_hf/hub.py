@@ -61,7 +61,8 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         )
     dataset_ids = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "synthetic": "sevnet-hf-synthetic-au-faces"}
     values = {
-        "title": f"SEV-Net AU detector ({config.backbone}, {len(config.au_labels)} AUs)",
+        "title": f"{'SEV-Net' if config.model_type == 'sevnet' else config.model_type} AU detector "
+        f"({config.backbone}, {len(config.au_labels)} AUs)",
         "backbone": config.backbone,
         "text_encoder": getattr(config, "text_encoder", "?"),
         "inter_layers": getattr(config, "inter_au_num_layers", 2),
