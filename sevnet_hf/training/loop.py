@@ -195,7 +195,9 @@ def train(args: TrainArguments) -> dict:
         )
         loss_sum = torch.zeros((), device=accelerator.device)
         seen, started = 0, time.perf_counter()
+        data_wait, fetch_started = 0.0, started
         for step, batch in enumerate(train_loader):
+            data_wait += time.perf_counter() - fetch_started  # time the step loop stood waiting for a batch
             if step >= steps_per_epoch:
                 break
             with accelerator.accumulate(model):
@@ -211,7 +213,9 @@ def train(args: TrainArguments) -> dict:
             if (step + 1) % args.log_every == 0 or step + 1 == steps_per_epoch:  # the only host sync in the loop
                 rate = seen / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}", img_s=f"{rate:.0f}")
+            fetch_started = time.perf_counter()
         bar.close()
+        accelerator.wait_for_everyone()
         train_seconds = time.perf_counter() - started
         scheduler.step()
         train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(1, steps_per_epoch)
@@ -227,6 +231,7 @@ def train(args: TrainArguments) -> dict:
             "val_f1": val_scores["f1"],
             "lr": scheduler.get_last_lr()[0],
             "train_images_per_s": seen / train_seconds,
+            "data_wait_share": data_wait / train_seconds,
         }
         state["history"].append(record)
         state["epoch"] = epoch

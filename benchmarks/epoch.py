@@ -1,0 +1,80 @@
+"""End to end: one training epoch of ``sevnet-hf train`` on a prepared set; images/s and the share of the epoch the
+step loop spent waiting for data (from the run's metrics.jsonl).
+
+    python benchmarks/epoch.py [--dataset PREPARED_DIR] [--image-size 224] [--batch-size 100] [--max-steps 30]
+
+Without --dataset it prepares the synthetic quick preset. Compare its images/s with benchmarks/model_step.py's
+SEV-Net training rate on the same machine. Writes benchmarks/results/epoch_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_description, pick_device, write_json  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    from sevnet_hf.offline_assets import minilm_encoder_path
+    from sevnet_hf.training.args import TrainArguments
+    from sevnet_hf.training.loop import train
+
+    device = pick_device("auto")
+    batch = args.batch_size or (256 if device.type == "cuda" else 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = args.dataset
+        if dataset is None:
+            from sevnet_hf.datasets_scripts import synthetic
+
+            dataset = str(Path(tmp) / "synthetic")
+            synthetic.main(["--output", dataset, "--preset", "quick"])
+        out = Path(tmp) / "run"
+        train(
+            TrainArguments(
+                dataset=dataset,
+                output_dir=str(out),
+                text_encoder=minilm_encoder_path(),
+                backbone_weights="none",
+                image_size=args.image_size,
+                batch_size=batch,
+                epochs=1,
+                patience=0,
+                max_steps_per_epoch=args.max_steps,
+                num_workers=TrainArguments.num_workers if args.num_workers is None else args.num_workers,
+                progress=False,
+            )
+        )
+        record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    result = {
+        "machine": machine_description(device),
+        "settings": {
+            "batch_size": batch,
+            "image_size": args.image_size,
+            "dataset": dataset,
+            "max_steps": args.max_steps,
+        },
+        "train_images_per_s": record["train_images_per_s"],
+        "data_wait_share": record["data_wait_share"],
+    }
+    print(
+        f"epoch: {record['train_images_per_s']:.1f} img/s, waiting for data {100 * record['data_wait_share']:.1f}% "
+        "of the epoch"
+    )
+    print(f"wrote {write_json(f'epoch_{device.type}', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

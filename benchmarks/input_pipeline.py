@@ -1,0 +1,115 @@
+"""Input pipeline vs model step: can the data path feed the model?
+
+    python benchmarks/input_pipeline.py [--dataset PREPARED_DIR] [--num-workers 2]
+
+Measures, in one run: images/s the data path delivers (read + JPEG decode + resize in DataLoader workers, collate,
+then crop/flip/normalise as the training loop does them) with the given workers, and the SEV-Net training step's
+images/s at the same batch and crop (benchmarks/model_step.py). Prints both and their ratio (target >= 2 on CPU, so
+training is model-bound). Without --dataset it prepares the synthetic quick preset in a temporary folder.
+Writes benchmarks/results/input_pipeline_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_description, pick_device, write_json  # noqa: E402
+
+
+def loader_rate(dataset_dir: str, batch_size: int, crop: int, workers: int, device, batches: int) -> float:
+    from sevnet_hf.data.schema import load_prepared, read_metadata
+    from sevnet_hf.data.transforms import AUImageDataset, DeviceAugment, collate_uint8, resize_for_crop
+    from sevnet_hf.image_processing_sevnet import IMAGENET_MEAN, IMAGENET_STD
+
+    metadata = read_metadata(dataset_dir)
+    data = AUImageDataset(load_prepared(dataset_dir), metadata["au_columns"], size=resize_for_crop(crop))
+    sampler = torch.utils.data.RandomSampler(data, replacement=True, num_samples=batch_size * (batches + 2))
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_uint8,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    augment = DeviceAugment(crop, IMAGENET_MEAN, IMAGENET_STD).to(device)
+    iterator = iter(loader)
+    for _ in range(2):  # start the workers
+        next(iterator)
+    start = time.perf_counter()
+    count = 0
+    for batch in iterator:
+        augment(batch["pixel_values"].to(device, non_blocking=True), train=True)
+        count += len(batch["labels"])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - start)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--num-workers", type=int, default=None, help="default: the training default (2)")
+    parser.add_argument("--batches", type=int, default=20)
+    args = parser.parse_args(argv)
+    from sevnet_hf.training.args import TrainArguments
+
+    device = pick_device(args.device)
+    batch = args.batch_size or (256 if device.type == "cuda" else 32)
+    workers = args.num_workers if args.num_workers is not None else TrainArguments.num_workers
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = args.dataset
+        if dataset is None:
+            from sevnet_hf.datasets_scripts import synthetic
+
+            dataset = str(Path(tmp) / "synthetic")
+            synthetic.main(["--output", dataset, "--preset", "quick"])
+        data_rate = loader_rate(dataset, batch, args.image_size, workers, device, args.batches)
+    import model_step
+
+    step = model_step.main(
+        [
+            "--device",
+            str(device),
+            "--batch-size",
+            str(batch),
+            "--image-size",
+            str(args.image_size),
+            "--rounds",
+            "2",
+            "--repeats",
+            "2",
+            "--name",
+            f"model_step_for_input_{device.type}",
+        ]
+    )
+    model_rate = step["images_per_s"]["sevnet"]["train"]
+    result = {
+        "machine": machine_description(device),
+        "settings": {"batch_size": batch, "image_size": args.image_size, "num_workers": workers, "dataset": dataset},
+        "data_images_per_s": data_rate,
+        "sevnet_train_images_per_s": model_rate,
+        "ratio_data_over_model": data_rate / model_rate,
+    }
+    print(
+        f"data path: {data_rate:.1f} img/s with {workers} workers; SEV-Net training step: {model_rate:.1f} img/s; "
+        f"ratio {result['ratio_data_over_model']:.1f} (target >= 2)"
+    )
+    print(f"wrote {write_json(f'input_pipeline_{device.type}', result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
