@@ -136,6 +136,36 @@ def test_align_face_puts_landmarks_on_the_template(scale, kind):
     assert align_face(image, src, size=128)[0].shape == (128, 128, 3)
 
 
+def test_align_image_file_decodes_large_jpeg_faces_reduced(tmp_path):
+    template = CANONICAL_TEMPLATE_5PT.astype(np.float64)
+    src = (template - 128) @ _rotation(-8.0, 3.5).T + [520, 640]
+    image = np.zeros((1392, 1040, 3), dtype=np.uint8)
+    cv2.ellipse(image, (520, 700), (300, 420), 0, 0, 360, (150, 120, 100), -1)
+    for x, y in src:
+        cv2.circle(image, (round(x), round(y)), 16, (255, 255, 255), -1, lineType=cv2.LINE_AA)
+    jpeg, png = tmp_path / "face.jpg", tmp_path / "face.png"
+    cv2.imwrite(str(jpeg), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(png), image)
+    assert align.jpeg_reduction(jpeg, src, 256) == 2 and align.jpeg_reduction(png, src, 256) == 1
+    assert align.read_image(jpeg, reduce=2).shape == (696, 520, 3)
+    with pytest.raises(ValueError, match="needs a JPEG"):
+        align.read_image(png, reduce=2)
+    fast, matrix = align.align_image_file(jpeg, src)
+    full, full_matrix = align_face(align.read_image(jpeg), src)
+    assert np.allclose(matrix, full_matrix)
+    difference = np.abs(fast.astype(np.int16) - full.astype(np.int16))
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) < 20  # resampling differs only at sharp edges
+    for tx, ty in template:  # and nothing moved: the dots' centroids agree to a small fraction of a pixel
+        x0, y0 = int(tx) - 10, int(ty) - 10
+        ys, xs = np.mgrid[y0 : y0 + 21, x0 : x0 + 21]
+        centroids = []
+        for aligned in (fast, full):
+            window = np.clip(aligned[y0 : y0 + 21, x0 : x0 + 21, 0].astype(np.float64) - 160, 0, None)
+            centroids.append(np.array([(window * xs).sum(), (window * ys).sum()]) / window.sum())
+        assert np.abs(centroids[0] - centroids[1]).max() < 0.1 and np.abs(centroids[1] - [tx, ty]).max() < 0.3
+    assert np.array_equal(align.align_image_file(png, src)[0], align_face(image[:, :, ::-1], src)[0])
+
+
 def test_align_face_border_modes():
     image = np.full((60, 60, 3), 200, dtype=np.uint8)
     landmarks = CANONICAL_TEMPLATE_5PT - 128 + 30  # output centre = image centre; the output corners lie outside
@@ -186,6 +216,9 @@ def test_face_finder_on_real_photos(finders):
         assert errors[:3].max() < 8.0, (name, errors)  # ~0.12 IOD
         assert errors[3:].max() < 20.0, (name, errors)
         assert finder5.largest(photo).box == face.box
+        if name == "grace_hopper":  # a shrunken copy (face 215 -> 107 px) finds the same face; fit at full size
+            (shrunk,) = FaceFinder(max_side=300).find(photo)
+            assert np.abs(shrunk.landmarks5 - face.landmarks5).max() < 0.1 * (x1 - x0)
 
 
 def test_face_finder_finds_nothing_in_a_blank_image(finders):

@@ -43,6 +43,7 @@ from sevnet_hf.data.align import (
     TEMPLATE_SIZE,
     FaceFinder,
     align_face,
+    align_image_file,
     read_image,
     to_five_points,
     transform_boxes,
@@ -249,31 +250,37 @@ def _label_row(labels: Mapping, au_index: Mapping[int, int]) -> np.ndarray:
 
 
 def _aligned_frame(record: FrameRecord, settings: _Settings) -> tuple[np.ndarray, np.ndarray, str, np.ndarray] | None:
-    """Return (aligned RGB, aligned 5 points, how, source-to-aligned matrix) or None when no face was found; raise _SkipFrame on bad data."""
-    if record.image is not None:
-        image = record.image
-    elif record.image_path:
-        if not os.path.isfile(record.image_path):
-            raise _SkipFrame(f"image file {record.image_path} does not exist")
-        try:
-            image = read_image(record.image_path)
-        except (ValueError, OSError) as error:
-            raise _SkipFrame(str(error)) from error
-    else:
-        raise _SkipFrame("the record has neither image nor image_path")
+    """Return (aligned RGB, aligned 5 points, how, source-to-aligned matrix) or None when no face was found.
+
+    Raises _SkipFrame on bad data. A file with landmarks goes through :func:`align_image_file`, which decodes a
+    large JPEG face at a reduced size (most of what a frame costs).
+    """
+    five = None
     if record.landmarks is not None:
         try:
             five = to_five_points(record.landmarks, layout=record.landmark_layout)
         except ValueError as error:
             raise _SkipFrame(str(error)) from error
-        how = "landmarks"
-    else:
+    size, border = settings.align_size, settings.border
+    if record.image is None and not record.image_path:
+        raise _SkipFrame("the record has neither image nor image_path")
+    if record.image is None and not os.path.isfile(record.image_path):
+        raise _SkipFrame(f"image file {record.image_path} does not exist")
+    try:
+        if record.image is None and five is not None:
+            aligned, matrix = align_image_file(record.image_path, five, size, border=border)
+            return aligned, transform_points(five, matrix).astype(np.float32), "landmarks", matrix
+        image = record.image if record.image is not None else read_image(record.image_path)
+    except (ValueError, OSError) as error:
+        raise _SkipFrame(str(error)) from error
+    how = "landmarks"
+    if five is None:
         face = settings.finder().largest(image)
         if face is None:
             return None
-        five, how = face.landmarks5, "detected"
+        five, how = face.landmarks5.astype(np.float64), "detected"
     try:
-        aligned, matrix = align_face(image, five, settings.align_size, border=settings.border)
+        aligned, matrix = align_face(image, five, size, border=border)
     except ValueError as error:
         raise _SkipFrame(f"alignment failed: {error}") from error
     return aligned, transform_points(five, matrix).astype(np.float32), how, matrix
