@@ -214,14 +214,9 @@ class _Settings:
     jpeg_quality: int
     border: str
     box_keys: tuple[str, ...]
-    face_finder: FaceFinder | None
+    face_finder: FaceFinder
     shard_dir: Path
     fingerprint: str
-
-    def finder(self) -> FaceFinder:
-        if self.face_finder is None:
-            self.face_finder = FaceFinder()
-        return self.face_finder
 
 
 class _SkipFrame(Exception):
@@ -275,7 +270,7 @@ def _aligned_frame(record: FrameRecord, settings: _Settings) -> tuple[np.ndarray
         raise _SkipFrame(str(error)) from error
     how = "landmarks"
     if five is None:
-        face = settings.finder().largest(image)
+        face = settings.face_finder.largest(image)
         if face is None:
             return None
         five, how = face.landmarks5.astype(np.float64), "detected"
@@ -523,7 +518,7 @@ def prepare_dataset(
         jpeg_quality=int(jpeg_quality),
         border=border,
         box_keys=tuple(box_keys),
-        face_finder=face_finder,
+        face_finder=face_finder if face_finder is not None else FaceFinder(),  # models load on first use
         shard_dir=shard_dir,
         fingerprint=_settings_fingerprint(aus, int(align_size), int(jpeg_quality), border, tuple(box_keys)),
     )
@@ -641,7 +636,7 @@ def _build_metadata(summaries, report, source, aus, parts, partition_name, setti
         "jpeg_quality": settings.jpeg_quality,
         "frames_from_landmarks": landmarks,
         "frames_from_detection": detected,
-        "detector": settings.face_finder.describe() if detected and settings.face_finder is not None else None,
+        "detector": settings.face_finder.describe() if detected else None,
     }
     metadata = {
         "schema_version": SCHEMA_VERSION,
