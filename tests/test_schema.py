@@ -121,13 +121,20 @@ def test_bad_frames_are_reported_not_fatal(tmp_path):
         FrameRecord("S1", "T1", 13, {17: 1}, image=image, landmarks=points, source="unknown-au"),
         FrameRecord("S1", "T1", 14, {1: 3}, image=image, landmarks=points, source="bad-value"),
         FrameRecord("S1", "T1", 15, {1: 1}, source="no-image"),
+        FrameRecord("S1", "T1", 16, {1: "yes"}, image=image, landmarks=points, source="text-label"),
+        FrameRecord("S1", "T1", 17, {1: 1}, image=np.zeros((9, 9, 2), np.uint8), source="two-channels"),
+        FrameRecord("S1", "T1", 18, {1: 1}, image=image, landmarks=points, intensities={"AUx": 2}, source="bad-int"),
     ]
     big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # a large face: decoded reduced
     cv2.imwrite(str(tmp_path / "big.jpg"), big)
     good.append(FrameRecord("S1", "T1", 3, {1: 0}, image_path=str(tmp_path / "big.jpg"), landmarks=points * 4 + 1.5))
     report = _prepare([("u", lambda: iter(good[:1] + bad + good[1:]))], tmp_path)
     problems = {entry["source"]: entry["problem"] for entry in report.errors}
-    assert set(problems) == {"corrupt.jpg", "gone", "seven-points", "unknown-au", "bad-value", "no-image"}
+    assert set(problems) == {
+        *("corrupt.jpg", "gone", "seven-points", "unknown-au", "bad-value", "no-image"),
+        *("text-label", "two-channels", "bad-int"),
+    }
+    assert "not a number" in problems["text-label"] and "shape" in problems["two-channels"]
     assert "not a readable image" in problems["corrupt.jpg"] and "does not exist" in problems["gone"]
     assert "(7, 2)" in problems["seven-points"] and "AU17" in problems["unknown-au"]
     assert "not 0, 1" in problems["bad-value"]
@@ -137,7 +144,7 @@ def test_bad_frames_are_reported_not_fatal(tmp_path):
     assert np.allclose(np.asarray(dataset[2]["landmarks"]), CANONICAL_TEMPLATE_5PT, atol=1e-3)
     small, large = (np.asarray(dataset[i]["image"].convert("L"), dtype=np.float64) for i in (1, 2))
     assert small.shape == large.shape == (256, 256)
-    assert read_metadata(tmp_path)["counts"]["errors"] == 6
+    assert read_metadata(tmp_path)["counts"]["errors"] == 9
 
 
 def test_frames_without_a_face_are_listed(tmp_path):

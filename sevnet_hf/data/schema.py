@@ -46,6 +46,7 @@ from sevnet_hf.data.align import (
     align_image_file,
     read_image,
     to_five_points,
+    to_rgb_uint8,
     transform_boxes,
     transform_points,
 )
@@ -232,9 +233,14 @@ def _label_row(labels: Mapping, au_index: Mapping[int, int]) -> np.ndarray:
             raise _SkipFrame(f"label key {key!r} is not an AU name") from error
         if au not in au_index:
             raise _SkipFrame(f"label for AU{au}, which is not one of this dataset's AUs {sorted(au_index)}")
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None:
             continue
-        number = float(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as error:
+            raise _SkipFrame(f"label {value!r} for AU{au} is not a number") from error
+        if math.isnan(number):
+            continue
         if number in (0.0, 1.0):
             row[au_index[au]] = int(number)
         elif number < 0 or number == 9:
@@ -248,13 +254,16 @@ def _aligned_frame(record: FrameRecord, settings: _Settings) -> tuple[np.ndarray
     """Return (aligned RGB, aligned 5 points, how, source-to-aligned matrix) or None when no face was found.
 
     Raises _SkipFrame on bad data. A file with landmarks goes through :func:`align_image_file`, which decodes a
-    large JPEG face at a reduced size (most of what a frame costs).
+    large JPEG face at a reduced size (most of what a frame costs). Setup problems (dlib or its model files
+    missing) are not frame problems and propagate.
     """
+    import cv2
+
     five = None
     if record.landmarks is not None:
         try:
             five = to_five_points(record.landmarks, layout=record.landmark_layout)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             raise _SkipFrame(str(error)) from error
     size, border = settings.align_size, settings.border
     if record.image is None and not record.image_path:
@@ -265,9 +274,9 @@ def _aligned_frame(record: FrameRecord, settings: _Settings) -> tuple[np.ndarray
         if record.image is None and five is not None:
             aligned, matrix = align_image_file(record.image_path, five, size, border=border)
             return aligned, transform_points(five, matrix).astype(np.float32), "landmarks", matrix
-        image = record.image if record.image is not None else read_image(record.image_path)
-    except (ValueError, OSError) as error:
-        raise _SkipFrame(str(error)) from error
+        image = to_rgb_uint8(record.image if record.image is not None else read_image(record.image_path))
+    except (ValueError, OSError, cv2.error) as error:
+        raise _SkipFrame(f"cannot read or align the image: {error}") from error
     how = "landmarks"
     if five is None:
         face = settings.face_finder.largest(image)
@@ -276,15 +285,34 @@ def _aligned_frame(record: FrameRecord, settings: _Settings) -> tuple[np.ndarray
         five, how = face.landmarks5.astype(np.float64), "detected"
     try:
         aligned, matrix = align_face(image, five, size, border=border)
-    except ValueError as error:
+    except (ValueError, cv2.error) as error:
         raise _SkipFrame(f"alignment failed: {error}") from error
     return aligned, transform_points(five, matrix).astype(np.float32), how, matrix
 
 
-def _extra_value(key: str, value: Any, matrix: np.ndarray, box_keys: tuple[str, ...]) -> Any:
-    if key in box_keys and value is not None:
-        return transform_boxes(np.asarray(value, dtype=np.float64), matrix).astype(np.float32).tolist()
-    return value.tolist() if isinstance(value, np.ndarray) else value
+def _extra_fields(extra: Mapping | None, matrix: np.ndarray, box_keys: tuple[str, ...]) -> dict:
+    """Row fields from ``record.extra``; boxes under ``box_keys`` are mapped into aligned pixels."""
+    fields = {}
+    for key, value in (extra or {}).items():
+        if key in box_keys and value is not None:
+            try:
+                value = transform_boxes(np.asarray(value, dtype=np.float64), matrix).astype(np.float32)
+            except (ValueError, TypeError) as error:
+                raise _SkipFrame(f"extra field {key!r} is not a list of [x0, y0, x1, y1] boxes ({error})") from error
+        fields[key] = value.tolist() if isinstance(value, np.ndarray) else value
+    return fields
+
+
+def _intensity_values(intensities: Mapping | None) -> dict[int, float]:
+    values = {}
+    for key, value in (intensities or {}).items():
+        if value is None:
+            continue
+        try:
+            values[parse_au(key)] = float(value)
+        except (TypeError, ValueError) as error:
+            raise _SkipFrame(f"intensity {key!r}: {value!r} is not an AU name and a number") from error
+    return values
 
 
 def _prepare_unit(unit_id: str, thunk: Callable[[], Iterable[FrameRecord]], settings: _Settings) -> dict:
@@ -326,8 +354,8 @@ def _prepare_unit(unit_id: str, thunk: Callable[[], Iterable[FrameRecord]], sett
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR), encode_args)
             if not ok:
                 raise _SkipFrame("JPEG encoding failed")
-            extra = {k: _extra_value(k, v, matrix, settings.box_keys) for k, v in (record.extra or {}).items()}
-            intensities = {parse_au(k): float(v) for k, v in (record.intensities or {}).items() if v is not None}
+            extra = _extra_fields(record.extra, matrix, settings.box_keys)
+            intensities = _intensity_values(record.intensities)
         except _SkipFrame as problem:
             errors.append([source, str(problem)])
             continue
