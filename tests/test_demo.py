@@ -1,0 +1,48 @@
+"""The main job (`sevnet-hf demo`) in a reduced size: synthetic data -> train -> test -> figures -> detector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sevnet_hf.cli import main
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
+    from transformers import AutoModel
+
+    out = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--output_dir",
+        str(out),
+        "--preset",
+        "quick",
+        "--epochs",
+        "1",
+        "--max_steps_per_epoch",
+        "3",
+        "--batch_size",
+        "8",
+        "--image_size",
+        "56",
+        "--num_workers",
+        "0",
+        "--progress",
+        "false",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["photo_faces"] == 1  # the astronaut portrait: one face row
+    assert 0 <= summary["test_f1_mean"] <= 100 and 0 < summary["frequency_prior_f1_mean"] < 100
+    assert "frequency prior" in summary["table"]
+    for path in (summary["training_curve"], summary["attention_figure"], out / "photo_aus.csv"):
+        assert Path(path).is_file(), path
+    model = AutoModel.from_pretrained(summary["model_dir"])
+    assert len(model.config.au_labels) >= 15 and model.has_au_text_embeddings
+    assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
+    # Running again reuses the prepared data and the finished training (resumable main job).
+    assert main(argv) == 0
