@@ -374,9 +374,9 @@ class FaceFinder:
         threshold: detection score threshold (HOG: SVM margin, 0 is dlib's default; CNN: confidence).
         landmark_model: ``"5"`` (dlib's 5-point model; nose tip and mouth corners are then estimated from the eye
             corners and the nose base) or ``"68"`` (the 68-point model: all five points measured, larger file).
-        max_side: images whose longer side exceeds this are shrunk before detection (HOG time grows with the pixel
-            count; a 1392 x 1040 frame takes ~4x longer than at 800). Faces narrower than ~80 px after shrinking
-            are missed; None searches at full size. Landmarks are always fitted at full resolution.
+        max_side: when set, images whose longer side exceeds it are shrunk before detection (HOG time grows with
+            the pixel count: a 1392 x 1040 frame takes ~4x longer than at 800). Faces narrower than ~80 px after
+            shrinking are missed. None (default) searches at full size. Landmarks are fitted at full resolution.
     """
 
     def __init__(
@@ -385,7 +385,7 @@ class FaceFinder:
         detector: str = "hog",
         threshold: float = 0.0,
         landmark_model: str = "5",
-        max_side: int | None = 800,
+        max_side: int | None = None,
     ):
         if detector not in ("hog", "cnn"):
             raise ValueError(f"detector must be 'hog' or 'cnn', got {detector!r}")

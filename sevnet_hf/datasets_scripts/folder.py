@@ -81,6 +81,13 @@ class FolderArguments:
     )
     detector: str = field(default="hog", metadata={"help": "dlib detector when landmarks are missing: hog or cnn."})
     upsample: int = field(default=0, metadata={"help": "dlib upsampling steps (finds smaller faces, slower)."})
+    detect_max_side: int = field(
+        default=800,
+        metadata={
+            "help": "Shrink larger images to this longer side before detection (faster; faces must stay >= ~80 px "
+            "wide after shrinking). 0 = detect at full size. Landmarks are fitted at full size either way."
+        },
+    )
     image_size: int = field(default=256, metadata={"help": "Aligned image width and height."})
     num_workers: int = field(default=0, metadata={"help": "Worker processes (one unit = one subject/sequence)."})
     quiet: bool = field(default=False, metadata={"help": "Print only errors."})
@@ -390,7 +397,9 @@ def prepare_folder(args: FolderArguments):
         partition = round_robin_partition(subjects)
         partition_name = "round-robin over sorted subjects (subject i -> part i % 3 + 1)"
     needs_detection = any(row["landmarks"] is None for row in table.rows)
-    finder = FaceFinder(upsample=args.upsample, detector=args.detector) if needs_detection else None
+    finder = None
+    if needs_detection:
+        finder = FaceFinder(upsample=args.upsample, detector=args.detector, max_side=args.detect_max_side or None)
     return prepare_dataset(
         folder_units(table),
         args.output,
