@@ -215,6 +215,16 @@ def test_two_photos_side_by_side_give_two_faces(astronaut, grace, detector, mode
     assert len(strict) == 2 and [r.box for r in strict] == [r.box for r in best]
 
 
+def test_upsample_finds_a_small_face(astronaut, model_dir, tmp_path):
+    small = _save(tmp_path / "small.png", cv2.resize(astronaut, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    output = tmp_path / "small.csv"
+    args = [small, "--model", str(model_dir), "--output", str(output), "--progress", "false"]
+    assert detect_module.main(args) == 0 and read_results(output)["status"].tolist() == ["no_face"]  # ~44 px face
+    assert detect_module.main([*args, "--upsample", "1"]) == 0
+    (row,) = read_results(output).itertuples()
+    assert row.status == "ok" and 80 < row.box_x0 < row.box_x1 < 140  # the face at half its original position
+
+
 def test_python_api_mixed_inputs_and_dataframe(astronaut, grace, detector, photo_folder):
     from PIL import Image
 
