@@ -986,7 +986,12 @@ def parse_detect_args(argv: list[str] | None = None) -> DetectArguments:
     """Parse ``detect`` arguments: flags (inputs may also be positional) or a single JSON/YAML file."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(DetectArguments)
+    parser = HfArgumentParser(
+        DetectArguments,
+        prog="sevnet-hf detect",
+        usage="sevnet-hf detect INPUT [INPUT ...] --model PATH_OR_HUB_ID [options]  (or: sevnet-hf detect ARGS.json)",
+        description="Detect facial action units in photos, folders and videos; one output row per face per frame.",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) and os.path.isfile(argv[0]):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
