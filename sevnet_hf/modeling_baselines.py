@@ -16,8 +16,6 @@ Travels with checkpoints for ``trust_remote_code``: only relative imports of sib
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +29,9 @@ from .modeling_sevnet import (
     AUTextTableMixin,
     SEVNetForAUDetection,
     SEVNetPreTrainedModel,
-    create_backbone,
     cross_modality_attention,
-    load_backbone_weights,
     masked_bce_loss,
 )
-from .protocols import parse_au
-from .text_encoder import TextEncoder, load_text_encoder
 
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
     from transformers import initialization as _init
@@ -145,60 +139,13 @@ class AUBaselinePreTrainedModel(SEVNetPreTrainedModel):
     config_class = AUBaselineConfig
     base_model_prefix = "au_baseline"
     main_input_name = "pixel_values"
-    uses_au_text = False
+    uses_au_text = False  # the ResNet baseline reads no text; the graph models set True
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, GraphConvolution):
             module.reset_parameters(init=_init)
         else:
             super()._init_weights(module)
-
-    def _build_backbone(self, config: AUBaselineConfig) -> None:
-        self.backbone = create_backbone(config.backbone)
-        self._mark_backbone(self.backbone)
-        if config.visual_hidden_size is None:
-            config.visual_hidden_size = int(self.backbone.num_features)
-        elif config.visual_hidden_size != self.backbone.num_features:
-            raise ValueError(
-                f"{type(config).__name__}.visual_hidden_size={config.visual_hidden_size} but backbone "
-                f"{config.backbone!r} gives {self.backbone.num_features} channels; set visual_hidden_size=None to read "
-                "it from the backbone"
-            )
-
-    @classmethod
-    def from_backbones(
-        cls,
-        config: AUBaselineConfig | None = None,
-        backbone_weights: str | os.PathLike | None = "timm",
-        text_encoder: str | os.PathLike | TextEncoder | None = None,
-        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
-    ) -> AUBaselinePreTrainedModel:
-        """Start a new model from pretrained parts, as ``SEVNetForAUDetection.from_backbones`` does.
-
-        Args:
-            config: the model configuration; graph models need ``config.graph`` (``set_graph_from_labels``).
-            backbone_weights: ``"timm"`` (download), a local state-dict file, or ``None`` (random initialisation).
-            text_encoder: Hub id, local folder or loaded [`TextEncoder`] for the AU text table (graph models only;
-                the ResNet baseline reads no text and ignores it).
-            au_descriptions: dict, JSON file, or ``None`` for ``config.au_descriptions`` / the shipped descriptions.
-        """
-        config = config if config is not None else cls.config_class()
-        encoder = None
-        if cls.uses_au_text:
-            encoder = (
-                text_encoder
-                if isinstance(text_encoder, TextEncoder)
-                else load_text_encoder(str(text_encoder or config.text_encoder), pooling=config.text_pooling)
-            )
-            config.text_encoder = encoder.name
-            config.text_pooling = encoder.pooling
-            config.text_hidden_size = encoder.hidden_size
-        model = cls(config)
-        if backbone_weights is not None:
-            load_backbone_weights(model.backbone, config.backbone, backbone_weights)
-        if encoder is not None:
-            model.set_au_descriptions(au_descriptions, text_encoder=encoder)
-        return model
 
 
 class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
@@ -223,6 +170,10 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
             output_bias_init=output_bias_init,
         )
 
+    fixed_au_set_reason = (
+        "its graph is computed for these AUs; make a new config with aus=[...] and set_graph_from_labels(train_labels)"
+    )
+
     @staticmethod
     def _propagation_tensor(graph: list[list[float]], graph_type: str) -> torch.Tensor:
         return torch.tensor(gcn_propagation_matrix(graph, graph_type), dtype=torch.float32)
@@ -241,24 +192,6 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
         table = self.au_text_embeddings.to(weight.dtype)
         return self.gcn(table, self.graph_adjacency.to(weight.dtype))
 
-    def set_au_descriptions(
-        self,
-        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
-        text_encoder: str | os.PathLike | TextEncoder | None = None,
-        aus: list[int | str] | None = None,
-    ) -> None:
-        """Recompute the frozen AU text table (SEV-Net's logic, reused as is).
-
-        The AU set cannot change here: the graph is tied to it. Build a new config with ``aus=...`` and a graph from
-        labels of those AUs instead.
-        """
-        if aus is not None and [parse_au(a) for a in aus] != self.config.aus:
-            raise ValueError(
-                f"{type(self).__name__} cannot change its AU set ({self.config.au_labels}) in place: its graph is "
-                "computed for these AUs; make a new config with aus=[...] and set_graph_from_labels(train_labels)"
-            )
-        SEVNetForAUDetection.set_au_descriptions(self, au_descriptions, text_encoder=text_encoder)
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Models
@@ -270,7 +203,7 @@ class AUResNetForAUDetection(AUBaselinePreTrainedModel):
 
     def __init__(self, config: AUResNetConfig):
         super().__init__(config)
-        self._build_backbone(config)
+        self.backbone = self._build_backbone(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.visual_hidden_size, config.num_labels)
         self.post_init()
@@ -307,7 +240,7 @@ class AUMLGCNForAUDetection(AUGraphPreTrainedModel):
 
     def __init__(self, config: AUMLGCNConfig):
         super().__init__(config)
-        self._build_backbone(config)
+        self.backbone = self._build_backbone(config)
         self._build_graph_parts(config, output_bias=False)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.post_init()
@@ -348,7 +281,7 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
 
     def __init__(self, config: AUMSCAMConfig):
         super().__init__(config)
-        self._build_backbone(config)
+        self.backbone = self._build_backbone(config)
         self._build_graph_parts(config, output_bias=True, output_bias_init=config.au_projection_bias_init)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = SEVNetForAUDetection._make_classifier(config)

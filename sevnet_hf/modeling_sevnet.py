@@ -164,6 +164,53 @@ class AUTextTableMixin:
     def has_au_text_embeddings(self) -> bool:
         return bool(self.au_text_embeddings.abs().sum() > 0)
 
+    def set_au_descriptions(
+        self,
+        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
+        text_encoder: str | os.PathLike | TextEncoder | None = None,
+        aus: list[int | str] | None = None,
+    ) -> None:
+        """Recompute the frozen AU text table for new descriptions and/or a new AU set.
+
+        The only place the text encoder runs. Trained weights are kept; with ``aus`` the label set changes where the
+        model allows it (``_change_au_set``).
+        """
+        numbers = [parse_au(a) for a in aus] if aus is not None else self.config.aus
+        if numbers != self.config.aus and self.fixed_au_set_reason:
+            raise ValueError(
+                f"{type(self).__name__} cannot change its AU set ({self.config.au_labels}) in place: "
+                f"{self.fixed_au_set_reason}"
+            )
+        if au_descriptions is None:
+            known = self.config.au_descriptions or {}
+            au_descriptions = known if all(au_label(n) in known for n in numbers) else None
+        texts = load_au_descriptions(numbers, au_descriptions)
+        encoder = resolve_text_encoder(text_encoder, self.config)
+        if encoder.hidden_size != self.config.text_hidden_size:
+            raise ValueError(
+                f"text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's Intra-AU table is "
+                f"{self.config.text_hidden_size} wide; use the encoder the model was built with ({self.config.text_encoder!r})"
+            )
+        table = encode_texts(encoder, list(texts.values()), max_length=self.config.text_max_length)
+        if numbers != self.config.aus:
+            self._change_au_set(numbers)
+        self.config.au_descriptions = texts
+        self.config.text_encoder = encoder.name
+        self.set_au_text_embeddings(table)
+
+    # Why the AU set is fixed, for models that cannot change it (None: ``_change_au_set`` adapts the model).
+    fixed_au_set_reason: str | None = "build a new model for the new AUs"
+
+    def _change_au_set(self, numbers: list[int]) -> None:
+        raise NotImplementedError
+
+
+def resolve_text_encoder(text_encoder: str | os.PathLike | TextEncoder | None, config) -> TextEncoder:
+    """A loaded encoder as given, or loaded from a Hub id / folder (default: the one named in ``config``)."""
+    if isinstance(text_encoder, TextEncoder):
+        return text_encoder
+    return load_text_encoder(str(text_encoder or config.text_encoder), pooling=config.text_pooling)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Models
@@ -221,10 +268,57 @@ class SEVNetPreTrainedModel(PreTrainedModel):
                     tensor.data = tensor.data.clone()
         return model
 
-    @staticmethod
-    def _mark_backbone(backbone: nn.Module) -> None:
+    # Whether the model reads the frozen AU text table (the plain ResNet baseline does not).
+    uses_au_text = True
+
+    def _build_backbone(self, config) -> nn.Module:
+        """The timm backbone, marked so ``_init_weights`` leaves it to timm; sets/validates ``visual_hidden_size``."""
+        backbone = create_backbone(config.backbone)
         for module in backbone.modules():
             module._in_backbone = True
+        if config.visual_hidden_size is None:
+            config.visual_hidden_size = int(backbone.num_features)
+        elif config.visual_hidden_size != backbone.num_features:
+            raise ValueError(
+                f"{type(config).__name__}.visual_hidden_size={config.visual_hidden_size} but backbone "
+                f"{config.backbone!r} gives {backbone.num_features} channels; set visual_hidden_size=None to read it "
+                "from the backbone"
+            )
+        return backbone
+
+    def get_backbone(self) -> nn.Module:
+        return self.backbone
+
+    @classmethod
+    def from_backbones(
+        cls,
+        config=None,
+        backbone_weights: str | os.PathLike | None = "timm",
+        text_encoder: str | os.PathLike | TextEncoder | None = None,
+        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
+    ):
+        """Start a new model from pretrained parts: timm backbone weights and the frozen text encoder.
+
+        Args:
+            config: the model configuration (defaults: resnet18, BERT-Large sentence encoder, the 12 BP4D AUs).
+            backbone_weights: ``"timm"`` downloads timm's pretrained weights for ``config.backbone``; a path loads a
+                local ``.safetensors``/``.pth``/``.bin`` state dict; ``None`` keeps a random initialisation.
+            text_encoder: Hub id, local folder or a loaded [`TextEncoder`]; defaults to ``config.text_encoder``.
+                Models that read no text (``uses_au_text = False``) ignore it.
+            au_descriptions: dict, JSON file, or ``None`` for ``config.au_descriptions`` / the shipped descriptions.
+        """
+        config = config if config is not None else cls.config_class()
+        encoder = resolve_text_encoder(text_encoder, config) if cls.uses_au_text else None
+        if encoder is not None:
+            config.text_encoder = encoder.name
+            config.text_pooling = encoder.pooling
+            config.text_hidden_size = encoder.hidden_size
+        model = cls(config)
+        if backbone_weights is not None:
+            load_backbone_weights(model.get_backbone(), config.backbone, backbone_weights)
+        if encoder is not None:
+            model.set_au_descriptions(au_descriptions, text_encoder=encoder)
+        return model
 
 
 class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
@@ -232,15 +326,7 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
 
     def __init__(self, config: SEVNetConfig):
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone)
-        self._mark_backbone(self.backbone)
-        if config.visual_hidden_size is None:
-            config.visual_hidden_size = int(self.backbone.num_features)
-        elif config.visual_hidden_size != self.backbone.num_features:
-            raise ValueError(
-                f"SEVNetConfig.visual_hidden_size={config.visual_hidden_size} but backbone {config.backbone!r} gives "
-                f"{self.backbone.num_features} channels; set visual_hidden_size=None to read it from the backbone"
-            )
+        self.backbone = self._build_backbone(config)
         self.register_buffer("au_text_embeddings", torch.zeros(config.num_labels, config.text_hidden_size))
         self.text_projection = nn.Linear(config.text_hidden_size, config.inter_au_hidden_size)
         layer = nn.TransformerEncoderLayer(
@@ -326,73 +412,10 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    # ------------------------------------------------------------------------------------------------------------------
-    # Starting a new model, and changing its AU set
-    # ------------------------------------------------------------------------------------------------------------------
-    @classmethod
-    def from_backbones(
-        cls,
-        config: SEVNetConfig | None = None,
-        backbone_weights: str | os.PathLike | None = "timm",
-        text_encoder: str | os.PathLike | TextEncoder | None = None,
-        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
-    ) -> SEVNetForAUDetection:
-        """Start a new model from pretrained parts: timm backbone weights and the frozen text encoder.
+    fixed_au_set_reason = None  # the Inter-AU encoder works on any number of AUs
 
-        Args:
-            config: the model configuration (defaults: resnet18, BERT-Large sentence encoder, the 12 BP4D AUs).
-            backbone_weights: ``"timm"`` downloads timm's pretrained weights for ``config.backbone``; a path loads a
-                local ``.safetensors``/``.pth``/``.bin`` state dict; ``None`` keeps a random initialisation.
-            text_encoder: Hub id, local folder or a loaded [`TextEncoder`]; defaults to ``config.text_encoder``.
-            au_descriptions: dict, JSON file, or ``None`` for ``config.au_descriptions`` / the shipped descriptions.
-        """
-        config = config if config is not None else SEVNetConfig()
-        encoder = (
-            text_encoder
-            if isinstance(text_encoder, TextEncoder)
-            else load_text_encoder(str(text_encoder or config.text_encoder), pooling=config.text_pooling)
-        )
-        config.text_encoder = encoder.name
-        config.text_pooling = encoder.pooling
-        config.text_hidden_size = encoder.hidden_size
-        model = cls(config)
-        if backbone_weights is not None:
-            load_backbone_weights(model.sevnet.backbone, config.backbone, backbone_weights)
-        model.set_au_descriptions(au_descriptions, text_encoder=encoder)
-        return model
-
-    def set_au_descriptions(
-        self,
-        au_descriptions: Mapping[str, str] | str | os.PathLike | None = None,
-        text_encoder: str | os.PathLike | TextEncoder | None = None,
-        aus: list[int | str] | None = None,
-    ) -> None:
-        """Recompute the frozen AU text table for new descriptions and/or a new AU set.
-
-        The only place the text encoder runs. Backbone and Inter-AU weights are kept (the Inter-AU encoder works on
-        any number of AUs); with ``aus`` the label set changes, and a per-AU classifier is re-initialised.
-        """
-        numbers = [parse_au(a) for a in aus] if aus is not None else self.config.aus
-        if au_descriptions is None:
-            known = self.config.au_descriptions or {}
-            au_descriptions = known if all(au_label(n) in known for n in numbers) else None
-        texts = load_au_descriptions(numbers, au_descriptions)
-        encoder = (
-            text_encoder
-            if isinstance(text_encoder, TextEncoder)
-            else load_text_encoder(str(text_encoder or self.config.text_encoder), pooling=self.config.text_pooling)
-        )
-        if encoder.hidden_size != self.config.text_hidden_size:
-            raise ValueError(
-                f"text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's Intra-AU table is "
-                f"{self.config.text_hidden_size} wide; use the encoder the model was built with ({self.config.text_encoder!r})"
-            )
-        table = encode_texts(encoder, list(texts.values()), max_length=self.config.text_max_length)
-        if numbers != self.config.aus:
-            self._change_au_set(numbers)
-        self.config.au_descriptions = texts
-        self.config.text_encoder = encoder.name
-        self.set_au_text_embeddings(table)
+    def get_backbone(self) -> nn.Module:
+        return self.sevnet.backbone
 
     def _change_au_set(self, numbers: list[int]) -> None:
         device = self.au_text_embeddings.device
