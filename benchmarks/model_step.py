@@ -1,7 +1,7 @@
 """Model step speed: SEV-Net vs the bare timm backbone, same batch, resolution and precision, in one run.
 
     python benchmarks/model_step.py                      # CPU here: batch 32, fp32
-    python benchmarks/model_step.py --batch-size 256     # GPU: bf16 autocast + channels_last by default
+    python benchmarks/model_step.py --batch-size 256     # GPU: bf16 autocast; channels_last everywhere by default
 
 Prints images/s for training steps (forward + backward + Adam) and inference, and SEV-Net / backbone ratios.
 Measurements alternate between the two models (ABAB...) so machine noise hits both alike. The SEV-Net here has the
@@ -59,7 +59,7 @@ class SEVNetStep(torch.nn.Module):
 def measure(args) -> dict:
     device = pick_device(args.device)
     use_bf16 = device.type == "cuda" and args.precision in ("auto", "bf16")
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    channels_last = True if args.channels_last is None else args.channels_last  # as training does
     models = {"backbone": BareBackbone(args.backbone, args.num_aus), "sevnet": SEVNetStep(args.backbone, args.num_aus)}
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     if channels_last:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -28,6 +29,9 @@ PREPARERS = ("bp4d", "disfa", "bp4dplus", "folder", "synthetic")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a machine shared with data workers or other jobs, spinning
+    # threads took CPU from the work (measured: detection 4.1 -> 7.4 frames/s on 2 busy cores). Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
