@@ -214,7 +214,7 @@ def test_quick_preset_end_to_end(tmp_path):
     template = np.array(metadata["alignment"]["template_5pt"])
     assert np.abs(np.array(row["landmarks"]) - template).max() < 12
     picture = cv2.imread(str(grid))
-    assert picture is not None and picture.shape[1] == 4 * 256
+    assert picture is not None and picture.shape[1] == 8 * 160
     text = stats.read_text(encoding="utf-8")
     assert "| AU12 |" in text and "AU6, AU12" in text
     json.dumps(metadata)  # JSON-able

@@ -528,14 +528,15 @@ def save_example_grid(
     dataset_dir: str | os.PathLike,
     path: str | os.PathLike,
     n: int = 16,
-    columns: int = 4,
+    columns: int = 8,
+    tile: int = 160,
     show_regions: bool = False,
     seed: int = 0,
 ) -> Path:
     """Save a PNG grid of ``n`` aligned faces from a prepared dataset, each captioned with its active AUs.
 
-    Faces are picked to show many different AUs on different identities. ``show_regions`` also outlines each active
-    AU's ``au_regions`` box. Returns the path written (atomically).
+    Faces are picked to show many different AUs on different identities; each is shown ``tile`` pixels wide.
+    ``show_regions`` also outlines each active AU's ``au_regions`` box. Returns the path written (atomically).
     """
     import cv2
 
@@ -543,48 +544,39 @@ def save_example_grid(
     aus = [int(au) for au in metadata["aus"]]
     labels = np.stack([arrays[c] for c in metadata["au_columns"]], axis=1)
     rows = _pick_examples(labels, arrays["subject"], n, seed)
-    tile = 256
-    caption = 52
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.36 * tile / 160
+    line_height = int(round(14 * tile / 160))
+    caption = 4 * line_height
     cols = max(1, min(columns, len(rows)))
     grid_rows = max(1, math.ceil(len(rows) / cols))
     canvas = np.full((grid_rows * (tile + caption), cols * tile, 3), 255, np.uint8)
     colours = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
     for slot, row in enumerate(rows):
         record = dataset[int(row)]
-        face = np.asarray(record["image"].convert("RGB"))
-        if face.shape[0] != tile:
-            face = cv2.resize(face, (tile, tile), interpolation=cv2.INTER_AREA)
+        face = np.array(record["image"].convert("RGB"))
+        size = face.shape[0]
+        face = cv2.resize(face, (tile, tile), interpolation=cv2.INTER_AREA) if size != tile else face
         active = [k for k in range(len(aus)) if labels[row, k] == 1]
         if show_regions and "au_regions" in record:
-            scale = tile / float(metadata.get("image_size", tile))
             for i, k in enumerate(active):
-                x0, y0, x1, y1 = (int(round(v * scale)) for v in record["au_regions"][k])
+                x0, y0, x1, y1 = (int(round(v * tile / size)) for v in record["au_regions"][k])
                 cv2.rectangle(face, (x0, y0), (x1, y1), colours[i % len(colours)], 1)
         top, left = (slot // cols) * (tile + caption), (slot % cols) * tile
         canvas[top : top + tile, left : left + tile] = face
-        words = [au_label(aus[k]) for k in active] or ["no AU"]
         text_lines = [f"{record['subject']} {record['sequence']} #{record['frame']}", ""]
-        for word in words:
+        for word in [au_label(aus[k]) for k in active] or ["no AU"]:
             candidate = (text_lines[-1] + " " + word).strip()
-            if cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] > tile - 8 and text_lines[-1]:
+            if cv2.getTextSize(candidate, font, scale, 1)[0][0] > tile - 6 and text_lines[-1]:
                 text_lines.append(word)
             else:
                 text_lines[-1] = candidate
-        for i, text in enumerate(text_lines[:3]):
-            colour = (90, 90, 90) if i == 0 else (0, 0, 0)
-            cv2.putText(
-                canvas,
-                text,
-                (left + 4, top + tile + 15 + 16 * i),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.45,
-                colour,
-                1,
-                cv2.LINE_AA,
-            )
+        for i, text in enumerate(text_lines[:4]):
+            colour = (100, 100, 100) if i == 0 else (0, 0, 0)
+            position = (left + 3, top + tile + line_height * (i + 1) - 3)
+            cv2.putText(canvas, text, position, font, scale, colour, 1, cv2.LINE_AA)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise RuntimeError(f"could not encode the grid for {out}")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -881,7 +881,7 @@ def _eye_geometry(idt: Identity, sgn: int, a: dict, blink: float) -> tuple[np.nd
     base = inner[None, :] * (1 - t) + outer[None, :] * t
     t = t[:, 0]
     bump = np.sin(math.pi * t) ** 0.9 * (1 + 0.25 * np.sin(math.pi * t - 0.6))
-    up = idt.eye_up * (1 - 0.3 * a[4] - 0.25 * a[7] - 0.12 * a[6]) * (1 - 0.92 * blink)
+    up = idt.eye_up * (1 - 0.3 * a[4] - 0.25 * a[7]) * (1 - 0.92 * blink)
     lo = idt.eye_lo * (1 - 0.4 * a[6] - 0.6 * a[7]) * (1 - 0.3 * blink)
     # AU6 pushes the lower lid up mostly at its outer half; AU7 straightens it.
     lo_shape = np.sin(math.pi * t) ** (1.0 - 0.5 * min(a[7], 1.0)) * (1.0 - 0.35 * a[6] * t)
@@ -1040,7 +1040,9 @@ def _mouth_geometry(idt: Identity, a: dict) -> dict:
     av = np.abs(v)
     x = v * corner_dx
     line = my + corner_dy * av**2.2 - 1.2 * a[17] * (1 - av**2) - 2.0 * a[12] * av**6
-    lower_drop = 0.45 * jaw * (1 - av**2) ** 0.8 * (1.0 if a[25] > 0.05 else 0.6)
+    # the jaw drop separates the lips only as far as they part (AU25); otherwise the closed mouth moves down a little
+    lower_drop = 0.45 * jaw * (1 - av**2) ** 0.8 * min(1.0, 3.0 * a[25])
+    line = line + 0.2 * jaw * (1 - av**2)
     g = gap * (1 - av**2) ** 0.7
     up_raise = raise_up * (1 - av**2) ** 1.5
     upper_inner = line - 0.35 * g - up_raise * 0.75
@@ -1129,15 +1131,15 @@ def _draw_mouth(pt: _Painter, idt: Identity, a: dict, m: dict) -> None:
     n = len(x)
     ui, uo, li, lo = m["upper_inner"], m["upper_outer"], m["lower_inner"], m["lower_outer"]
     lip = idt.lip_colour
-    gap = m["gap"]
-    if gap.max() > 0.4:
+    opening = li - ui  # lips part (AU25/26) or the upper lip lifts off the lower one (AU10)
+    if opening.max() > 0.4:
         pt.fill(np.concatenate([np.column_stack([x, ui]), np.column_stack([x[::-1], li[::-1]])]), (70, 28, 30))
         core = np.abs(x) < x[-1] * 0.72
-        teeth_h = np.minimum(gap * 0.55 + 0.5 * a[10], 5.5)
+        teeth_h = np.minimum(opening * 0.6, 5.5)
         top = np.column_stack([x[core], ui[core] - 0.5])
         pt.fill(np.concatenate([top, np.column_stack([x[core], (ui + teeth_h)[core]])[::-1]]), (226, 220, 205))
         if m["jaw"] > 4:
-            low_h = np.minimum(gap * 0.25, 3.5)
+            low_h = np.minimum(opening * 0.25, 3.5)
             bottom = np.column_stack([x[core], li[core] + 0.5])
             pt.fill(np.concatenate([np.column_stack([x[core], (li - low_h)[core]]), bottom[::-1]]), (205, 198, 185))
     pt.fill(np.concatenate([np.column_stack([x, li]), np.column_stack([x[::-1], lo[::-1]])]), lip * 1.06)
@@ -1145,7 +1147,7 @@ def _draw_mouth(pt: _Painter, idt: Identity, a: dict, m: dict) -> None:
     highlight = np.column_stack([x[n // 4 : 3 * n // 4], (li + 0.6 * (lo - li))[n // 4 : 3 * n // 4]])
     pt.shade([highlight], 1.18, 0.6, 1.3, width=1.5)
     tight = 0.8 * min(a[23], 1.0) + 0.4 * min(a[24], 1.0)
-    closed = gap.max() <= 0.4
+    closed = opening.max() <= 0.4
     pt.line(np.column_stack([x, (ui + li) / 2 if closed else ui]), lip * (0.42 - 0.15 * tight), 1.0 + 0.8 * tight)
     if a[23] > 0:  # AU23: tightened lip margins
         pt.shade([np.column_stack([x, uo]), np.column_stack([x, lo])], 0.72, a[23] * 1.1, 0.6, width=1.0)
@@ -1185,7 +1187,7 @@ def _region_boxes(idt: Identity) -> list[tuple[float, float, float, float]]:
         1: (-idt.eye_dx - 4, min(top_wr, b - idt.brow_arch - 16), idt.eye_dx + 4, b + 6),
         2: (-bo, top_wr, bo, b + 4),
         4: (-bo + 2, b - idt.brow_arch - 9, bo - 2, e + 2),
-        6: (-ex - 8, e - 4, ex + 8, e + 36),
+        6: (-ex - 8, e - 4, ex + 8, e + 42),
         7: (-ex + 4, e - idt.eye_up - 3, ex - 4, e + idt.eye_lo + 5),
         9: (-nw * 1.35 - 4, e - 3, nw * 1.35 + 4, ny + 12),
         10: (-mw - 12, ny - 14, mw + 12, my + 5),
@@ -1256,7 +1258,7 @@ def render_frame(
     pt.fill(outline, skin, skin=True)
     geoms = _draw_eyeballs(pt, idt, a, nuisance)
     pt.shade([outline[outline[:, 1] > idt.mouth_y + 10] + (0, 5)], 0.75, 0.5, 2.8, width=4.0, dz=-5)
-    blush_y = idt.eye_y + 27 - 7.0 * a[6] - 2.0 * a[12]
+    blush_y = idt.eye_y + 27 - 5.0 * a[6] - 2.0 * a[12]
     pt.shade([_ellipse(sgn * (idt.eye_dx + 3), blush_y, 13, 9) for sgn in (-1, 1)], (1.07, 1.0, 0.97), 0.9, 2.8)
     pt.shade([_ellipse(sgn * (idt.eye_dx + 1), blush_y - 2, 8, 5) for sgn in (-1, 1)], 1.07, 0.6 + 0.4 * a[6], 1.3)
     if len(idt.freckles):
