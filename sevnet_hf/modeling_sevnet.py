@@ -345,10 +345,28 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
         self.post_init()
 
     def compute_au_embeddings(self) -> torch.Tensor:
-        """The projected Inter-AU embeddings w̄ (N_AU x d_v) from the frozen text table; independent of the image."""
+        """The projected Inter-AU embeddings w̄ (N_AU x d_v) from the frozen text table; independent of the image.
+
+        In inference (eval mode, no grad) the result is cached until a weight or the table changes in place or moves.
+        """
+        cacheable = not self.training and not torch.is_grad_enabled()
+        if cacheable:
+            tensors = [
+                self.au_text_embeddings,
+                *self.text_projection.parameters(),
+                *self.inter_au_encoder.parameters(),
+                *self.au_projection.parameters(),
+            ]
+            key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+            cached = getattr(self, "_au_embedding_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
         table = self.au_text_embeddings.to(self.text_projection.weight.dtype)
         encoded = self.inter_au_encoder(self.text_projection(table).unsqueeze(0)).squeeze(0)
-        return self.au_projection(encoded)
+        embeddings = self.au_projection(encoded)
+        if cacheable:
+            self._au_embedding_cache = (key, embeddings)
+        return embeddings
 
     def forward(
         self,

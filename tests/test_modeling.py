@@ -294,3 +294,17 @@ def test_image_processor_accepts_common_inputs(tmp_path):
     with pytest.raises(ValueError, match="crop_size"):
         SEVNetImageProcessor(size=100, crop_size=128)
     assert Path(tmp_path / "preprocessor_config.json").is_file()
+
+
+def test_au_embedding_cache_in_inference_follows_weight_changes(tiny_model):
+    with torch.no_grad():
+        first = tiny_model.sevnet.compute_au_embeddings()
+        assert tiny_model.sevnet.compute_au_embeddings() is first  # cached in eval + no_grad
+        tiny_model.sevnet.au_projection.bias.add_(1.0)  # an in-place update (as an optimizer step does)
+        second = tiny_model.sevnet.compute_au_embeddings()
+    torch.testing.assert_close(second, first + 1.0)
+    tiny_model.set_au_text_embeddings(torch.randn_like(tiny_model.au_text_embeddings))
+    with torch.no_grad():
+        assert not torch.equal(tiny_model.sevnet.compute_au_embeddings(), second)
+    tiny_model.train()
+    assert tiny_model.sevnet.compute_au_embeddings().requires_grad  # never cached while training
