@@ -15,8 +15,15 @@ CORE = [
 EXTRAS = {
     # Turning benchmarks into prepared Hugging Face datasets, and the synthetic AU faces.
     "data": ["datasets>=2.19", "pandas>=2.0", "pyarrow>=14", "opencv-python-headless>=4.8", "scipy>=1.10", "h5py>=3.8"],
-    # Face detection / 5-point landmarks (offline models), video decoding.
-    "faces": ["dlib-bin>=19.24", "face-recognition-models>=0.3", "opencv-python-headless>=4.8"],
+    # Detection on photos and videos: face finding / 5-point landmarks (offline models), video decoding, outputs.
+    "faces": [
+        "dlib-bin>=19.24",
+        "face-recognition-models>=0.3",
+        "opencv-python-headless>=4.8",
+        "pandas>=2.0",
+        "pyarrow>=14",
+        "tqdm>=4.66",
+    ],
     # Training, evaluation, figures.
     "train": [
         "accelerate>=0.34",
