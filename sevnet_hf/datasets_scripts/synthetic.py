@@ -15,8 +15,9 @@ landmarks in raw pixels, exactly like a real benchmark. Every row also records `
 dataset's AU order) the ``[x0, y0, x1, y1]`` box of the aligned image that the AU changes, so attention maps can be
 scored against it. Subjects are split into parts 1/2/3 round-robin, so the protocol folds work unchanged.
 
-Everything is a function of ``--seed``: identity *i*, task *t* and frame *j* draw from their own random streams, so a
-subset of a larger preset is identical to the same frames of the smaller one.
+Everything is a function of ``--seed``: each identity, and each task of it, draws from its own random streams. Identity
+*i* is therefore the same person in every preset, and with the same frames per task a set with more identities starts
+with exactly the frames of a smaller one.
 """
 
 from __future__ import annotations
