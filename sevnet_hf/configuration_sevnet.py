@@ -50,6 +50,10 @@ class SEVNetConfig(PretrainedConfig):
             Dropout on the attended per-AU features before the classifier.
         shared_classifier (`bool`, *optional*, defaults to `True`):
             One linear classifier shared by all AUs (Eq. 7, as the paper); `False` gives each AU its own.
+        classifier_per_au_bias (`bool`, *optional*, defaults to `False`):
+            Give each AU its own bias on top of the shared classifier (N_AU extra scalars). Eq. 7 shares one classifier
+            with one bias; AU base rates differ tenfold, which one bias cannot express, so the shared head first has to
+            separate AUs through attention alone. Measured on the synthetic set: see the README.
         au_projection_bias_init (`float`, *optional*, defaults to 1.0):
             Initial value of every entry of the 768 -> d_v projection bias. Backbone features are non-negative (after
             a ReLU), so a positive offset starts every AU vector with a positive cosine to typical features and keeps
@@ -83,6 +87,7 @@ class SEVNetConfig(PretrainedConfig):
         inter_au_dropout: float = 0.1,
         classifier_dropout: float = 0.0,
         shared_classifier: bool = True,
+        classifier_per_au_bias: bool = False,
         au_projection_bias_init: float = 1.0,
         aus: list[int] | None = None,
         au_descriptions: dict[str, str] | None = None,
@@ -109,6 +114,7 @@ class SEVNetConfig(PretrainedConfig):
         self.inter_au_dropout = inter_au_dropout
         self.classifier_dropout = classifier_dropout
         self.shared_classifier = shared_classifier
+        self.classifier_per_au_bias = classifier_per_au_bias
         self.au_projection_bias_init = au_projection_bias_init
         self.au_descriptions = dict(au_descriptions) if au_descriptions is not None else None
         self.thresholds = list(thresholds) if thresholds is not None else None

@@ -138,13 +138,19 @@ class PerAUClassifier(nn.Module):
 
 
 class SharedClassifier(nn.Linear):
-    """Eq. 7's classifier f_C: R^{d_v} -> R shared by all AUs."""
+    """Eq. 7's classifier f_C: R^{d_v} -> R, its weights shared by all AUs.
 
-    def __init__(self, hidden_size: int):
+    With ``per_au_bias`` each AU adds its own bias (``au_bias``, N_AU scalars) to the shared linear function, so the
+    head can express AU base rates that differ tenfold (AU9 ~5% vs AU7 ~55% of frames) without attention having to.
+    """
+
+    def __init__(self, hidden_size: int, num_aus: int = 1, per_au_bias: bool = False):
         super().__init__(hidden_size, 1)
+        self.au_bias = nn.Parameter(torch.zeros(num_aus)) if per_au_bias else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return super().forward(features).squeeze(-1)
+        logits = super().forward(features).squeeze(-1)
+        return logits + self.au_bias if self.au_bias is not None else logits
 
 
 class AUTextTableMixin:
@@ -231,6 +237,11 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         if isinstance(module, AUProjection):
             _init.normal_(module.weight, mean=0.0, std=std)
             _init.constant_(module.bias, self.config.au_projection_bias_init)
+        elif isinstance(module, SharedClassifier):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            _init.zeros_(module.bias)
+            if module.au_bias is not None:
+                _init.zeros_(module.au_bias)
         elif isinstance(module, PerAUClassifier):
             _init.normal_(module.weight, mean=0.0, std=std)
             _init.zeros_(module.bias)
@@ -398,7 +409,7 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
     @staticmethod
     def _make_classifier(config: SEVNetConfig) -> nn.Module:
         if config.shared_classifier:
-            return SharedClassifier(config.visual_hidden_size)
+            return SharedClassifier(config.visual_hidden_size, config.num_labels, config.classifier_per_au_bias)
         return PerAUClassifier(config.num_labels, config.visual_hidden_size)
 
     @property
@@ -441,7 +452,7 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         self.config.label2id = {label: i for i, label in self.config.id2label.items()}
         self.config.thresholds = None
         self.au_text_embeddings = torch.zeros(len(numbers), self.config.text_hidden_size, device=device)
-        if not self.config.shared_classifier:
+        if not self.config.shared_classifier or self.config.classifier_per_au_bias:  # per-AU parameters: new ones
             self.classifier = self._make_classifier(self.config).to(device)
             self._init_weights(self.classifier)
 

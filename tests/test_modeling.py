@@ -308,3 +308,17 @@ def test_au_embedding_cache_in_inference_follows_weight_changes(tiny_model):
         assert not torch.equal(tiny_model.sevnet.compute_au_embeddings(), second)
     tiny_model.train()
     assert tiny_model.sevnet.compute_au_embeddings().requires_grad  # never cached while training
+
+
+def test_per_au_bias_option_adds_one_bias_per_au_to_the_shared_function(tiny_text_encoder_dir):
+    torch.manual_seed(0)
+    model = SEVNetForAUDetection(tiny_config(classifier_per_au_bias=True)).eval()
+    model.set_au_text_embeddings(torch.randn(5, 32))
+    with torch.no_grad():
+        model.classifier.au_bias.copy_(torch.arange(5.0))
+        out = model(images(), output_attentions=True)
+    attended = torch.einsum("bnl,bcl->bnc", out.cross_attentions.flatten(2), out.visual_features.flatten(2))
+    shared = attended @ model.classifier.weight[0] + model.classifier.bias[0]
+    torch.testing.assert_close(out.logits, shared + torch.arange(5.0), rtol=1e-4, atol=1e-5)
+    model.set_au_descriptions(text_encoder=tiny_text_encoder_dir, aus=[9, 25])
+    assert model.classifier.au_bias.shape == (2,) and model(images()).logits.shape == (3, 2)

@@ -86,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if "au_regions" in test.column_names:
             scores = {
-                name: localisation_scores(model, processor, test, metadata["au_columns"], args.localisation_images)
+                name: localisation_scores(
+                    model,
+                    processor,
+                    test,
+                    metadata["au_columns"],
+                    args.localisation_images,
+                    aligned_size=int(metadata.get("image_size", 256)),
+                )
                 for name, (model, processor) in attention_models.items()
             }
             _atomic_write(root / "attention_localisation.json", json.dumps(scores, indent=2))

@@ -27,13 +27,21 @@ def _cell_overlap(box, grid: tuple[int, int], crop: int, left: int, top: int, sc
 
 
 @torch.no_grad()
-def localisation_scores(model, processor, dataset, au_columns: list[str], max_images: int = 400, batch_size: int = 32):
+def localisation_scores(
+    model,
+    processor,
+    dataset,
+    au_columns: list[str],
+    max_images: int = 400,
+    batch_size: int = 32,
+    aligned_size: int = 256,
+):
     """Per AU: mean attention mass inside the AU's region, share of attention peaks inside it, and the uniform-map
-    chance level, over faces where the AU is present. Needs ``au_regions`` and a model returning attention maps."""
+    chance level, over faces where the AU is present. Needs ``au_regions`` (one box per AU in ``au_columns`` order,
+    in pixels of the ``aligned_size`` aligned face) and a model returning attention maps."""
     if "au_regions" not in dataset.column_names:
         raise ValueError("localisation needs the synthetic set's au_regions column (per-AU boxes in aligned pixels)")
     model.eval()
-    aligned_size = 256
     scale = aligned_size / processor.size
     left = top = (processor.size - processor.crop_size) // 2
     count = min(max_images, len(dataset))
