@@ -123,3 +123,19 @@ def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_
         # 12 test images split over 2 processes in batches of 4: padding is dropped, each image counted once.
         assert rank["test_images_evaluated"] == 12
         assert rank["test_support"] == ranks[0]["test_support"]
+
+
+def test_per_au_bias_starts_at_the_training_base_rates():
+    import numpy as np
+
+    from sevnet_hf import SEVNetForAUDetection
+    from sevnet_hf.training.build import init_au_bias_from_base_rates
+    from tests.conftest import tiny_config
+
+    model = SEVNetForAUDetection(tiny_config(classifier_per_au_bias=True))
+    labels = np.array([[1, 0, 1, -1, 0], [1, 0, 0, -1, 0], [0, 0, 1, 1, 0], [1, 1, -1, 0, 0]])
+    init_au_bias_from_base_rates(model, labels)
+    rates = np.clip([3 / 4, 1 / 4, 2 / 3, 1 / 2, 0.0], 0.01, 0.99)  # unknown (-1) left out of each rate
+    torch.testing.assert_close(
+        model.classifier.au_bias, torch.tensor(np.log(rates / (1 - rates)), dtype=torch.float32)
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from ..image_processing_sevnet import SEVNetImageProcessor
 from ..protocols import au_label
@@ -56,5 +57,22 @@ def build_model(args: TrainArguments, aus: list[int], train_labels: np.ndarray):
     model = model_class.from_backbones(
         config, backbone_weights=weights, text_encoder=args.text_encoder, au_descriptions=args.descriptions
     )
+    init_au_bias_from_base_rates(model, train_labels)
     processor = SEVNetImageProcessor.from_backbone(args.backbone, size=resize, crop_size=args.image_size)
     return model, processor
+
+
+def init_au_bias_from_base_rates(model, train_labels: np.ndarray) -> None:
+    """Start each per-AU bias (``classifier_per_au_bias``) at the logit of that AU's training base rate.
+
+    The head then starts at the loss of the frequency prior instead of spending its first hundreds of Adam steps
+    (each moving a bias by about the learning rate) getting there. Known labels only; rates clipped to [0.01, 0.99].
+    """
+    au_bias = getattr(getattr(model, "classifier", None), "au_bias", None)
+    if au_bias is None:
+        return
+    labels = np.asarray(train_labels, dtype=np.float64)
+    known = (labels == 0) | (labels == 1)
+    rates = np.clip((labels * known).sum(0) / np.maximum(known.sum(0), 1), 0.01, 0.99)
+    with torch.no_grad():
+        au_bias.copy_(torch.from_numpy(np.log(rates / (1 - rates))).to(au_bias.dtype))
