@@ -37,7 +37,8 @@ class DemoArguments:
         },
     )
     per_au_bias: bool = field(
-        default=True, metadata={"help": "Per-AU bias on the shared classifier, started at the training base rates."}
+        default=False,
+        metadata={"help": "With --shared_classifier: add per-AU biases started at the training base rates."},
     )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
     max_steps_per_epoch: int | None = field(default=None, metadata={"help": "Cap steps per epoch (quick runs)."})
