@@ -11,7 +11,7 @@ import pytest
 from sevnet_hf.training.ablate import main
 from sevnet_hf.training.attention_analysis import _cell_overlap
 from tests.fixtures_data import make_prepared_dataset
-from tests.test_training import TINY_OVERRIDES
+from tests.test_training import tiny_cli_argv
 
 
 def test_cell_overlap_maps_aligned_boxes_onto_the_attention_grid():
@@ -29,36 +29,7 @@ def test_cell_overlap_maps_aligned_boxes_onto_the_attention_grid():
 def test_ablation_runs_four_models_and_scores_attention(tmp_path, tiny_text_encoder_dir):
     data = make_prepared_dataset(tmp_path / "data", size=72)
     out = tmp_path / "ablation"
-    argv = [
-        "--dataset",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--text_encoder",
-        tiny_text_encoder_dir,
-        "--backbone_weights",
-        "none",
-        "--config_overrides",
-        TINY_OVERRIDES,
-        "--image_size",
-        "56",
-        "--resize_size",
-        "64",
-        "--batch_size",
-        "6",
-        "--epochs",
-        "1",
-        "--num_workers",
-        "0",
-        "--progress",
-        "false",
-        "--val_fraction",
-        "0.3",
-        "--localisation_images",
-        "12",
-        "--attention_faces",
-        "2",
-    ]
+    argv = tiny_cli_argv(data, out, tiny_text_encoder_dir) + ["--localisation_images", "12", "--attention_faces", "2"]
     assert main(argv) == 0
     rows = list(csv.reader((out / "ablation_f1.csv").open()))
     assert [r[0] for r in rows[1:]] == ["resnet", "mlgcn", "mscam", "sevnet", "frequency prior"]

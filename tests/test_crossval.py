@@ -8,39 +8,14 @@ import pytest
 
 from sevnet_hf.training.crossval import main
 from tests.fixtures_data import make_prepared_dataset
-from tests.test_training import TINY_OVERRIDES
+from tests.test_training import tiny_cli_argv
 
 
 @pytest.mark.slow
 def test_crossval_writes_paper_format_tables_and_reuses_folds(tmp_path, tiny_text_encoder_dir, capsys):
     data = make_prepared_dataset(tmp_path / "data", size=72)
     out = tmp_path / "cv"
-    argv = [
-        "--dataset",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--text_encoder",
-        tiny_text_encoder_dir,
-        "--backbone_weights",
-        "none",
-        "--config_overrides",
-        TINY_OVERRIDES,
-        "--image_size",
-        "56",
-        "--resize_size",
-        "64",
-        "--batch_size",
-        "6",
-        "--epochs",
-        "1",
-        "--num_workers",
-        "0",
-        "--progress",
-        "false",
-        "--val_fraction",
-        "0.3",
-    ]
+    argv = tiny_cli_argv(data, out, tiny_text_encoder_dir)
     assert main(argv) == 0
     rows = list(csv.reader((out / "crossval_f1.csv").open()))
     assert rows[0] == ["row", "AU1", "AU2", "AU4", "Avg"]

@@ -45,6 +45,25 @@ def run_args(prepared, text_encoder, output_dir, **overrides):
     return TrainArguments(**fields)
 
 
+def tiny_cli_argv(data: Path, output_dir: Path, text_encoder: str) -> list[str]:
+    """Command-line flags for a tiny 1-epoch run (the crossval and ablation commands)."""
+    flags = {
+        "dataset": data,
+        "output_dir": output_dir,
+        "text_encoder": text_encoder,
+        "backbone_weights": "none",
+        "config_overrides": TINY_OVERRIDES,
+        "image_size": 56,
+        "resize_size": 64,
+        "batch_size": 6,
+        "epochs": 1,
+        "num_workers": 0,
+        "progress": "false",
+        "val_fraction": 0.3,
+    }
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
 def weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
