@@ -16,6 +16,16 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 from sevnet_hf.au_descriptions import DEFAULT_DESCRIPTIONS_FILE  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a machine shared with other jobs OpenMP threads that
+    spin at barriers make them several times slower; restores the setting for other test files afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_text_encoder_dir(tmp_path_factory) -> str:
     """A randomly initialised 2-layer BERT (width 32) with a WordPiece vocabulary of the descriptions' words."""

@@ -25,14 +25,7 @@ AUS = [1, 2, 4, 6, 12]
 LABELS = [f"AU{n}" for n in AUS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a machine shared with other jobs OpenMP threads that
-    spin at barriers make them several times slower; restore the setting for other test files afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
