@@ -73,7 +73,7 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         "protocol": protocol,
         "results_table": _results_table(results),
         "extra_limitations": extra,
-        "datasets_yaml": f"- {dataset_ids.get(str(source).lower(), str(source))}" if source else "[]",
+        "datasets_yaml": f"\n- {dataset_ids.get(str(source).lower(), str(source))}" if source else " []",
     }
     return Template(TEMPLATE_FILE.read_text(encoding="utf-8")).substitute(values)
 
@@ -137,8 +137,13 @@ def push(args: PushArguments) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
     from .training.loop import parse_args
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and not argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = ["--model_dir", *argv]  # `sevnet-hf push MODEL_DIR --repo_id NAME`
     args = parse_args(argv, PushArguments)
     try:
         url = push(args)

@@ -1,0 +1,55 @@
+"""Model card filling and Hub upload (offline: a clear failure that changes nothing locally)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sevnet_hf import SEVNetImageProcessor
+from sevnet_hf.hub import check_model_folder, main, render_model_card
+
+
+def test_model_card_is_filled_and_accepted_by_huggingface_hub(tiny_model):
+    from huggingface_hub import ModelCard
+
+    names = tiny_model.config.au_labels
+    scores = {"f1": {n: 50.0 + i for i, n in enumerate(names)}, "f1_mean": 52.0}
+    results = {
+        "source": "synthetic",
+        "dataset": "prepared/synthetic",
+        "fold_name": "fold 1 (train part1+part2, test part3)",
+        "images": {"train": 10, "validation": 2, "test": 5},
+        "subjects": {"train": ["a"], "validation": ["b"], "test": ["c"]},
+        "best_epoch": 1,
+        "epochs_run": 2,
+        "validation_f1_mean": 40.0,
+        "test": scores,
+        "frequency_prior": {"f1": {n: 20.0 for n in names}, "f1_mean": 20.0},
+        "model_type": "sevnet",
+    }
+    text = render_model_card(tiny_model.config, results, repo_id="me/sevnet-test")
+    card = ModelCard(text)
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-classification"
+    assert data["license"] == "apache-2.0" and data["metrics"] == ["f1"] and "facs" in data["tags"]
+    assert data["datasets"] == ["sevnet-hf-synthetic-au-faces"]
+    assert "| **52.0** |" in text and "frequency prior" in text and "me/sevnet-test" in text
+    assert "AU1, AU2, AU4, AU6, AU12" in text
+    assert ModelCard(render_model_card(tiny_model.config)).data.to_dict()["library_name"] == "transformers"
+
+
+def test_push_offline_fails_clearly_and_changes_nothing(tiny_model, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "model"
+    tiny_model.save_pretrained(folder)
+    SEVNetImageProcessor(size=72, crop_size=64).save_pretrained(folder)
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([str(folder), "--repo_id", "me/sevnet-test"]) == 1
+    message = capsys.readouterr().out
+    assert "me/sevnet-test" in message and "Nothing was changed locally" in message
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()} == before
+
+
+def test_push_names_what_an_incomplete_folder_lacks(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json.*safetensors.*modeling_"):
+        check_model_folder(tmp_path)
