@@ -71,3 +71,18 @@ def tiny_model(tiny_text_encoder_dir):
         tiny_config(), backbone_weights=None, text_encoder=tiny_text_encoder_dir
     )
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_text_encoder_dir, tmp_path_factory):
+    """A tiny SEV-Net (AUs 1 2 4 6 12) saved with save_pretrained and its image processor (72 -> 64 px)."""
+    from sevnet_hf import SEVNetForAUDetection, SEVNetImageProcessor
+
+    torch.manual_seed(0)
+    model = SEVNetForAUDetection.from_backbones(
+        tiny_config(), backbone_weights=None, text_encoder=tiny_text_encoder_dir
+    )
+    folder = tmp_path_factory.mktemp("tiny_sevnet")
+    model.save_pretrained(folder)
+    SEVNetImageProcessor(size=72, crop_size=64).save_pretrained(folder)
+    return folder

@@ -32,17 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # Fixtures: a tiny saved SEV-Net and the two sample photos
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_dir(tiny_text_encoder_dir, tmp_path_factory):
-    from sevnet_hf import SEVNetForAUDetection, SEVNetImageProcessor
-
-    torch.manual_seed(0)
-    model = SEVNetForAUDetection.from_backbones(
-        tiny_config(aus=AUS), backbone_weights=None, text_encoder=tiny_text_encoder_dir
-    )
-    folder = tmp_path_factory.mktemp("tiny_sevnet")
-    model.save_pretrained(folder)
-    SEVNetImageProcessor(size=72, crop_size=64).save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

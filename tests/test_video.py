@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("dlib")
@@ -16,7 +15,6 @@ from sevnet_hf.inference import AUDetector, read_results  # noqa: E402
 from sevnet_hf.inference import detect as detect_module  # noqa: E402
 from sevnet_hf.inference.overlay import BOX_COLOUR  # noqa: E402
 from sevnet_hf.inference.video import iter_video_frames, video_info  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
 
 FPS = 20.0
 SIZE = (320, 240)
@@ -58,17 +56,8 @@ def write_video(path, faces, frames=FRAMES, size=SIZE, gap=None) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_text_encoder_dir, tmp_path_factory):
-    from sevnet_hf import SEVNetForAUDetection, SEVNetImageProcessor
-
-    torch.manual_seed(0)
-    model = SEVNetForAUDetection.from_backbones(
-        tiny_config(), backbone_weights=None, text_encoder=tiny_text_encoder_dir
-    )
-    folder = tmp_path_factory.mktemp("tiny_sevnet")
-    model.save_pretrained(folder)
-    SEVNetImageProcessor(size=72, crop_size=64).save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
