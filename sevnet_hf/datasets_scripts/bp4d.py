@@ -542,12 +542,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def prepare_bp4d(args: PrepareBP4DArguments) -> int:
     """Read the folders named by ``args`` and write the prepared dataset."""
+    return prepare_task_sequences(
+        args,
+        BP4DReader,
+        frame_folders=FRAME_FOLDER_NAMES,
+        source="BP4D",
+        partition_name="BP4D 3 parts (ME-GraphAU / JAA-Net)",
+        frame_list=FRAME_LIST_NOTE,
+    )
+
+
+def prepare_task_sequences(
+    args: Any, reader_class: type, *, frame_folders: Sequence[str], source: str, partition_name: str, frame_list: str
+) -> int:
+    """The preparation BP4D and BP4D+ share: AU_OCC labels, frames per subject/task, optional 2DFeatures landmarks."""
     labels_dir = required_dir(args.labels_dir, args.root, ("AUCoding/AU_OCC",), "--labels-dir")
-    frames_dir = required_dir(args.frames_dir, args.root, FRAME_FOLDER_NAMES, "--frames-dir")
+    frames_dir = required_dir(args.frames_dir, args.root, frame_folders, "--frames-dir")
     landmarks_dir = None
     if args.use_landmarks:
         landmarks_dir = resolve_dir(args.landmarks_dir, args.root, ("2DFeatures",), "--landmarks-dir")
-    reader = BP4DReader(
+    reader = reader_class(
         labels_dir,
         frames_dir,
         landmarks_dir,
@@ -558,10 +572,10 @@ def prepare_bp4d(args: PrepareBP4DArguments) -> int:
     return run_preparation(
         reader,
         args,
-        source="BP4D",
-        partition_name="BP4D 3 parts (ME-GraphAU / JAA-Net)",
+        source=source,
+        partition_name=partition_name,
         extra_metadata={
-            "frame_list": FRAME_LIST_NOTE,
+            "frame_list": frame_list,
             "frame_offset": args.frame_offset,
             "frame_mapping": f"CSV frame f -> image number f{args.frame_offset:+d}",
             "landmarks": "2DFeatures 49 points, else dlib detection" if landmarks_dir else "dlib detection",

@@ -51,12 +51,9 @@ from .bp4d import (
     index_numbered_images,
     padding_width,
     parse_arguments,
+    prepare_task_sequences,
     read_occurrence_csv,
-    required_dir,
-    resolve_dir,
-    run_preparation,
     select_sequences,
-    split_names,
     subject_parts,
 )
 from .common import PrepareError, run_cli
@@ -402,30 +399,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def prepare_bp4dplus(args: PrepareBP4DPlusArguments) -> int:
     """Read the folders named by ``args`` and write the prepared dataset."""
-    labels_dir = required_dir(args.labels_dir, args.root, ("AUCoding/AU_OCC",), "--labels-dir")
-    frames_dir = required_dir(args.frames_dir, args.root, ("2D+3D",), "--frames-dir")
-    landmarks_dir = None
-    if args.use_landmarks:
-        landmarks_dir = resolve_dir(args.landmarks_dir, args.root, ("2DFeatures",), "--landmarks-dir")
-    reader = BP4DPlusReader(
-        labels_dir,
-        frames_dir,
-        landmarks_dir,
-        subjects=split_names(args.subjects),
-        tasks=split_names(args.tasks),
-        frame_offset=args.frame_offset,
-    )
-    return run_preparation(
-        reader,
+    return prepare_task_sequences(
         args,
+        BP4DPlusReader,
+        frame_folders=("2D+3D",),
         source="BP4D+",
         partition_name=f"BP4D+ 3 parts ({PARTS_FILE.name}, shipped with sevnet-hf)",
-        extra_metadata={
-            "frame_list": "every frame coded in AUCoding/AU_OCC (tasks T1, T6, T7, T8)",
-            "frame_offset": args.frame_offset,
-            "frame_mapping": f"CSV frame f -> image number f{args.frame_offset:+d}",
-            "landmarks": "2DFeatures 49 points, else dlib detection" if landmarks_dir else "dlib detection",
-        },
+        frame_list="every frame coded in AUCoding/AU_OCC (tasks T1, T6, T7, T8)",
     )
 
 
