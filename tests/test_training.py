@@ -90,6 +90,26 @@ def test_full_run_saves_a_loadable_model_with_results(prepared, tiny_text_encode
     assert "test mean F1" in (model_dir / "README.md").read_text() or "Avg" in (model_dir / "README.md").read_text()
 
 
+def test_per_epoch_metrics_reach_tensorboard(prepared, tiny_text_encoder_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(run_args(prepared, tiny_text_encoder_dir, tmp_path, report_to="auto"))
+    events = EventAccumulator(str(tmp_path / "runs")).Reload()
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = events.Scalars("val_f1_mean")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([r["val_f1_mean"] for r in history])
+    assert [e.step for e in events.Scalars("val_f1/AU4")] == [1, 2]
+    assert len(events.Scalars("test_f1_mean")) == 1
+
+
+def test_report_to_none_writes_no_tracker_files(prepared, tiny_text_encoder_dir, tmp_path):
+    train(run_args(prepared, tiny_text_encoder_dir, tmp_path, epochs=1, report_to="none"))
+    assert not (tmp_path / "runs").exists()
+    assert (tmp_path / "metrics.jsonl").is_file()
+
+
 def test_resume_after_first_epoch_matches_an_uninterrupted_run(prepared, tiny_text_encoder_dir, tmp_path):
     straight = tmp_path / "straight"
     train(run_args(prepared, tiny_text_encoder_dir, straight))

@@ -59,6 +59,13 @@ class TrainArguments:
     keep_checkpoints: int = field(default=2, metadata={"help": "Epoch checkpoints to keep (newest)."})
     log_every: int = field(default=10, metadata={"help": "Steps between progress-bar loss updates."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars (main process)."})
+    report_to: str = field(
+        default="auto",
+        metadata={
+            "help": "Experiment trackers for per-epoch metrics, besides metrics.jsonl: 'auto' (TensorBoard when "
+            "installed), 'none', or Accelerate tracker names separated by commas (tensorboard, wandb, mlflow, ...)."
+        },
+    )
     stop_after_epochs: int | None = field(
         default=None,
         metadata={"help": "Stop the process after this many epochs this run (simulates an interruption)."},

@@ -28,6 +28,7 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best_model"
 FINAL_DIR = "model"
 STATE_FILE = "run_state.json"
+TRACKER_RUN = "runs"
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -84,6 +85,30 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def _trackers(report_to: str) -> list[str]:
+    """Tracker names for ``Accelerator(log_with=...)``: 'auto' is TensorBoard when it is installed, else none."""
+    choice = report_to.strip().lower()
+    if choice == "none":
+        return []
+    if choice == "auto":
+        from accelerate.utils import is_tensorboard_available
+
+        return ["tensorboard"] if is_tensorboard_available() else []
+    return [name.strip() for name in choice.split(",") if name.strip()]
+
+
+def _scalar_hparams(args: TrainArguments) -> dict:
+    """The run's arguments that trackers can store as hyper-parameters (TensorBoard takes scalars and strings)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (bool, int, float, str))}
+
+
+def _tracker_scalars(record: dict) -> dict:
+    """One epoch's record as flat scalars: per-AU F1 under ``val_f1/<AU column>``."""
+    scalars = {k: v for k, v in record.items() if k not in ("epoch", "val_f1")}
+    scalars.update({f"val_f1/{name}": value for name, value in record["val_f1"].items()})
+    return scalars
+
+
 @torch.no_grad()
 def predict_loader(model, loader, augment, accelerator) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid probabilities and labels for every image of ``loader``, gathered across processes exactly once each."""
@@ -113,10 +138,13 @@ def train(args: TrainArguments) -> dict:
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=_trackers(args.report_to) or None,
+        project_dir=str(output_dir),
     )
     main = accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers(TRACKER_RUN, config=_scalar_hparams(args))  # TensorBoard: <output_dir>/runs
     set_seed(args.seed)
 
     dataset = load_prepared(args.dataset)
@@ -249,6 +277,7 @@ def train(args: TrainArguments) -> dict:
                 handle.write(json.dumps(record) + "\n")
             if improved:
                 _save_model_atomic(accelerator.unwrap_model(model), processor, output_dir / BEST_DIR)
+        accelerator.log(_tracker_scalars(record), step=epoch)  # trackers log on the main process only
         _save_epoch_checkpoint(accelerator, output_dir, epoch, state, args.keep_checkpoints)
         epochs_this_run += 1
         if args.stop_after_epochs and epochs_this_run >= args.stop_after_epochs and epoch < args.epochs:
@@ -269,6 +298,7 @@ def train(args: TrainArguments) -> dict:
     predictions = probabilities_to_predictions(probabilities, unwrapped.config.decision_thresholds)
     test_scores = au_f1_scores(predictions, labels, au_columns)
     baselines = frequency_prior_f1(train_labels, labels, au_columns, seed=args.seed)
+    accelerator.log({"test_f1_mean": test_scores["f1_mean"]}, step=state["epoch"])
     results = {
         "dataset": str(args.dataset),
         "source": metadata.get("source"),
