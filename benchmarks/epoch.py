@@ -25,9 +25,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on GPU, 32 on CPU")
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="default: the training default on the device")
+    parser.add_argument("--decoded-cache", default="auto", choices=["auto", "always", "never"])
     args = parser.parse_args(argv)
-    from sevnet_hf.offline_assets import minilm_encoder_path
+    from sevnet_hf.offline_assets import write_random_text_encoder
     from sevnet_hf.training.args import TrainArguments
     from sevnet_hf.training.loop import train
 
@@ -41,18 +42,23 @@ def main(argv=None) -> dict:
             dataset = str(Path(tmp) / "synthetic")
             synthetic.main(["--output", dataset, "--preset", "quick"])
         out = Path(tmp) / "run"
+        # BERT-Large's width, random weights: the step's cost depends on the AU table's width, not on the text.
+        encoder = write_random_text_encoder(Path(tmp) / "text_encoder", 1024, layers=1, heads=16, intermediate_size=1024)
         train(
             TrainArguments(
                 dataset=dataset,
                 output_dir=str(out),
-                text_encoder=minilm_encoder_path(),
+                text_encoder=encoder,
                 backbone_weights="none",
                 image_size=args.image_size,
                 batch_size=batch,
                 epochs=1,
                 patience=0,
                 max_steps_per_epoch=args.max_steps,
-                num_workers=TrainArguments.num_workers if args.num_workers is None else args.num_workers,
+                num_workers=args.num_workers,
+                decoded_cache=args.decoded_cache,
+                decoded_cache_dir=str(Path(tmp) / "cache"),
+                report_to="none",
                 progress=False,
             )
         )
@@ -64,6 +70,8 @@ def main(argv=None) -> dict:
             "image_size": args.image_size,
             "dataset": dataset,
             "max_steps": args.max_steps,
+            "decoded_cache": args.decoded_cache,
+            "num_workers": args.num_workers,
         },
         "train_images_per_s": record["train_images_per_s"],
         "data_wait_share": record["data_wait_share"],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from sevnet_hf.au_descriptions import DEFAULT_DESCRIPTIONS_FILE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +26,9 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_text_encoder_dir(tmp_path_factory) -> str:
     """A randomly initialised 2-layer BERT (width 32) with a WordPiece vocabulary of the descriptions' words."""
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from sevnet_hf.offline_assets import write_random_text_encoder
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    texts = json.loads(DEFAULT_DESCRIPTIONS_FILE.read_text(encoding="utf-8")).values()
-    words = sorted({w for text in texts for w in re.findall(r"[a-z]+|[^a-z\s]", text.lower())})
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n", encoding="utf-8")
-    BertTokenizer(str(vocab_file)).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    BertModel(config).save_pretrained(folder)
-    return str(folder)
+    return write_random_text_encoder(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def tiny_config(**overrides):

@@ -35,10 +35,12 @@ def decode_resized(data: bytes | str, size: int) -> np.ndarray:
 class AUImageDataset(torch.utils.data.Dataset):
     """A prepared dataset (``sevnet_hf.data.schema``) as ``{"pixel_values": uint8 3xSxS, "labels": float N}``.
 
-    Labels keep the schema's unknown code (-1), which the loss and the metric leave out.
+    Labels keep the schema's unknown code (-1), which the loss and the metric leave out. With ``decoded`` (a
+    :class:`sevnet_hf.data.decoded_cache.DecodedFaces` of the same side) images are copied from that cache instead of
+    decoded; the dataset then needs the ``_row`` column of :func:`~sevnet_hf.data.decoded_cache.number_rows`.
     """
 
-    def __init__(self, dataset, au_columns: Sequence[str], size: int = 256):
+    def __init__(self, dataset, au_columns: Sequence[str], size: int = 256, decoded=None):
         from datasets import Image as ImageFeature
 
         missing = [c for c in au_columns if c not in dataset.column_names]
@@ -49,11 +51,22 @@ class AUImageDataset(torch.utils.data.Dataset):
             np.stack([np.asarray(dataset[c], dtype=np.float32) for c in au_columns], axis=1)
         )
         self.size = size
+        self.decoded, self.rows = decoded, None
+        if decoded is not None:
+            from .decoded_cache import ROW_COLUMN
+
+            if decoded.size != size:
+                raise ValueError(f"the decoded cache {decoded.path} holds {decoded.size} px faces, not {size} px")
+            if ROW_COLUMN not in dataset.column_names:
+                raise ValueError(f"reading from a decoded cache needs the {ROW_COLUMN!r} column (number_rows)")
+            self.rows = np.asarray(dataset[ROW_COLUMN], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.decoded is not None:
+            return {"pixel_values": self.decoded[self.rows[index]], "labels": self.labels[index]}
         image = self.images[int(index)]["image"]
         array = decode_resized(image["bytes"] if image.get("bytes") else image["path"], self.size)
         return {"pixel_values": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "labels": self.labels[index]}
