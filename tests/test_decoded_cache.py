@@ -122,3 +122,23 @@ def test_training_from_the_cache_ends_with_the_same_weights(prepared, tiny_text_
     a, b = weights(tmp_path / "decode" / "model"), weights(tmp_path / "cache" / "model")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_batches_from_the_cache_equal_item_by_item_batches_also_from_workers(prepared, tmp_path):
+    from sevnet_hf.data.transforms import collate_uint8
+
+    cache = build_decoded_cache(prepared, 40, cache_dir=tmp_path, progress=False)
+    dataset = split_fold(number_rows(load_prepared(prepared)), 1, seed=0, verbose=False)["train"]
+    data = AUImageDataset(dataset, read_metadata(prepared)["au_columns"], size=40, decoded=cache)
+    indices = [5, 0, 17, 3, 3]
+    expected = collate_uint8([data[i] for i in indices])
+    batch = collate_uint8(data.__getitems__(indices))
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+    assert torch.equal(batch["labels"], expected["labels"])
+    assert torch.equal(torch.utils.data.default_collate(data.__getitems__(indices))["labels"], expected["labels"])
+    plain = AUImageDataset(dataset, read_metadata(prepared)["au_columns"], size=40)
+    loaders = [
+        torch.utils.data.DataLoader(d, batch_size=4, num_workers=2, collate_fn=collate_uint8) for d in (plain, data)
+    ]
+    for a, b in zip(*loaders, strict=True):
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])

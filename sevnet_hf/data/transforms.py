@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import default_collate
 
 
 def resize_for_crop(crop_size: int) -> int:
@@ -64,6 +65,16 @@ class AUImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch for DataLoader: from the decoded cache in one gather (``collate_uint8`` takes it as it is)."""
+        if self.decoded is None:
+            return [self[index] for index in indices]
+        pixels = self.decoded.batch(self.rows[np.asarray(indices, dtype=np.int64)])
+        labels = self.labels[torch.as_tensor(indices, dtype=torch.int64)]
+        batch = CollatedItems({"pixel_values": pixels[i], "labels": labels[i]} for i in range(len(indices)))
+        batch.collated = {"pixel_values": pixels, "labels": labels}
+        return batch
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.decoded is not None:
             return {"pixel_values": self.decoded[self.rows[index]], "labels": self.labels[index]}
@@ -72,11 +83,20 @@ class AUImageDataset(torch.utils.data.Dataset):
         return {"pixel_values": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "labels": self.labels[index]}
 
 
+class CollatedItems(list):
+    """Items of a batch that was already stacked (``.collated``); other collators still see a list of items."""
+
+    collated: dict[str, torch.Tensor]
+
+
 def collate_uint8(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack uint8 images and float labels (a data collator for DataLoader and ``transformers.Trainer``)."""
+    """Stack uint8 images and float labels (a data collator for DataLoader and ``transformers.Trainer``). In a
+    DataLoader worker the stack is written straight into shared memory (``default_collate``), saving a copy."""
+    if isinstance(batch, CollatedItems):
+        return batch.collated
     return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
-        "labels": torch.stack([item["labels"] for item in batch]),
+        "pixel_values": default_collate([item["pixel_values"] for item in batch]),
+        "labels": default_collate([item["labels"] for item in batch]),
     }
 
 
