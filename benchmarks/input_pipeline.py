@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--num-workers", type=int, default=None, help="default: the training default on the device")
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--name", default=None, help="JSON file name under benchmarks/results")
     args = parser.parse_args(argv)
     from sevnet_hf.data.decoded_cache import build_decoded_cache
     from sevnet_hf.data.transforms import resize_for_crop
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
             "--repeats",
             "2",
             "--name",
-            f"model_step_for_input_{device.type}",
+            f"{args.name or 'input_pipeline_' + device.type}_model_step",
         ]
     )
     model_rate = step["images_per_s"]["sevnet"]["train"]
@@ -131,7 +132,7 @@ def main(argv=None) -> dict:
             f"ratio to the step {rate / model_rate:.1f} (target >= 2)"
         )
     print(f"decoded cache: {decoded.rows} faces built in {cache_build_s:.1f} s")
-    print(f"wrote {write_json(f'input_pipeline_{device.type}', result)}")
+    print(f"wrote {write_json(args.name or f'input_pipeline_{device.type}', result)}")
     return result
 
 

@@ -332,6 +332,12 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         return model
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (``torch.compiler.is_compiling`` appeared in torch 2.3)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return bool(check and check())
+
+
 class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
     """The bare SEV-Net: visual map, AU semantic embeddings and cross-modality attention (no classifier)."""
 
@@ -358,9 +364,11 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
     def compute_au_embeddings(self) -> torch.Tensor:
         """The projected Inter-AU embeddings w̄ (N_AU x d_v) from the frozen text table; independent of the image.
 
-        In inference (eval mode, no grad) the result is cached until a weight or the table changes in place or moves.
+        In inference (eval mode, no grad) the result is cached until a weight or the table changes in place or moves;
+        not under ``torch.compile``, which cannot trace the cache's pointer checks (a graph break and a recompile) and
+        runs the few small kernels of the Inter-AU encoder cheaply inside the compiled graph instead.
         """
-        cacheable = not self.training and not torch.is_grad_enabled()
+        cacheable = not self.training and not torch.is_grad_enabled() and not _compiling()
         if cacheable:
             tensors = [
                 self.au_text_embeddings,

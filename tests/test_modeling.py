@@ -310,6 +310,17 @@ def test_au_embedding_cache_in_inference_follows_weight_changes(tiny_model):
     assert tiny_model.sevnet.compute_au_embeddings().requires_grad  # never cached while training
 
 
+def test_inference_compiles_to_one_graph_without_the_cache():
+    torch.manual_seed(0)
+    model = SEVNetForAUDetection(tiny_config()).eval()
+    model.set_au_text_embeddings(torch.randn(5, 32))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: any graph break raises
+    with torch.no_grad():
+        expected = model(images()).logits
+        for _ in range(2):
+            torch.testing.assert_close(compiled(images()).logits, expected)
+
+
 def test_per_au_bias_option_adds_one_bias_per_au_to_the_shared_function(tiny_text_encoder_dir):
     torch.manual_seed(0)
     model = SEVNetForAUDetection(tiny_config(classifier_per_au_bias=True)).eval()
