@@ -126,8 +126,8 @@ def graph_embedding_loss(au_embeddings: torch.Tensor, graph: torch.Tensor) -> to
     cosine = normalized @ normalized.t()
     graph = graph.to(device=cosine.device, dtype=cosine.dtype)
     target = torch.sign(graph + graph.t())
-    off_diagonal = ~torch.eye(count, dtype=torch.bool, device=cosine.device)
-    return ((cosine - target)[off_diagonal] ** 2).mean()
+    off_diagonal = 1.0 - torch.eye(count, dtype=cosine.dtype, device=cosine.device)  # a mask by product: no host sync
+    return ((cosine - target) ** 2 * off_diagonal).sum() / (count * (count - 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -161,6 +161,8 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
             )
         self.register_buffer("au_text_embeddings", torch.zeros(config.num_labels, config.text_hidden_size))
         self.register_buffer("graph_adjacency", self._propagation_tensor(config.graph, config.graph_type))
+        # the raw graph on the model's device for the graph loss (rebuilt from the config when loading)
+        self.register_buffer("graph_raw", torch.tensor(config.graph, dtype=torch.float32), persistent=False)
         self.gcn = AUGraphEncoder(
             config.text_hidden_size,
             config.gcn_hidden_sizes,
@@ -185,6 +187,7 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
         self.config.graph = stored
         buffer = self.graph_adjacency
         self.graph_adjacency = self._propagation_tensor(stored, self.config.graph_type).to(buffer.device, buffer.dtype)
+        self.graph_raw = torch.tensor(stored, dtype=torch.float32, device=buffer.device)
 
     def compute_au_embeddings(self) -> torch.Tensor:
         """GCN node outputs (num AUs x d_v) from the frozen AU text table; independent of the image."""
@@ -309,8 +312,7 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
         if labels is not None:
             loss = masked_bce_loss(logits, labels)
             if self.config.graph_embedding_loss_weight > 0:
-                graph = torch.tensor(self.config.graph, device=logits.device)
-                loss = loss + self.config.graph_embedding_loss_weight * graph_embedding_loss(au_embeddings, graph)
+                loss = loss + self.config.graph_embedding_loss_weight * graph_embedding_loss(au_embeddings, self.graph_raw)
         attentions = alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None
         output = AUDetectionOutput(loss, logits, attentions, visual_features, au_embeddings)
         return output if return_dict else output.to_tuple()

@@ -182,6 +182,7 @@ def test_graph_models_keep_their_au_set_and_replace_graphs():
     model.set_graph([[0, 0, 0], [0, 0, 0], [0, 0, 0]])
     torch.testing.assert_close(model.graph_adjacency, torch.eye(3))
     assert model.config.graph[0][1] == 0.0
+    assert torch.equal(model.graph_raw, torch.zeros(3, 3))  # what the graph loss reads
 
 
 def test_from_backbones_loads_backbone_file_and_builds_text_table(tmp_path):

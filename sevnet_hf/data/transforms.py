@@ -120,11 +120,10 @@ class DeviceAugment(nn.Module):
         if train:
             tops = torch.randint(0, height - crop + 1, (batch,), generator=generator).tolist()
             lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
-            flips = torch.rand(batch, generator=generator) < 0.5
-            crops = torch.stack(
-                [images[i, :, t : t + crop, left : left + crop] for i, (t, left) in enumerate(zip(tops, lefts))]
-            )
-            crops = torch.where(flips.to(images.device).view(-1, 1, 1, 1), crops.flip(-1), crops)
+            flips = (torch.rand(batch, generator=generator) < 0.5).tolist()
+            # Offsets and flips are drawn on the CPU and used as Python values: no host-to-device copy, so no sync.
+            views = [images[i, :, t : t + crop, left : left + crop] for i, (t, left) in enumerate(zip(tops, lefts))]
+            crops = torch.stack([view.flip(-1) if flip else view for view, flip in zip(views, flips)])
         else:
             top, left = (height - crop) // 2, (width - crop) // 2
             crops = images[:, :, top : top + crop, left : left + crop]
