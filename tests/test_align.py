@@ -236,3 +236,24 @@ def test_face_finder_errors_name_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
     with pytest.raises(ImportError, match="dlib-bin"):
         FaceFinder().find(np.zeros((50, 50, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientations_match_pillow(orientation):
+    from PIL import Image
+
+    from sevnet_hf.data.align import apply_orientation
+
+    methods = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }
+    stored = (np.random.default_rng(orientation).random((5, 7, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(stored)
+    expected = np.asarray(image.transpose(methods[orientation]) if orientation in methods else image)
+    assert np.array_equal(apply_orientation(stored, orientation), expected)

@@ -183,6 +183,27 @@ def test_image_variants_gray_rgba_16bit_and_very_large(astronaut, detector, tmp_
     assert box[0] > 900 and box[2] < 900 + 512 * scale and box[2] - box[0] > 300  # mapped back to full resolution
 
 
+def test_a_phone_photo_stored_sideways_is_turned_upright_by_its_exif_tag(astronaut, detector, tmp_path):
+    from PIL import Image
+
+    stored = np.ascontiguousarray(np.rot90(astronaut, 1))  # a camera held sideways stores the face on its side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    assert read_image(path).shape == (512, 512, 3) and np.abs(read_image(path).astype(int) - stored).mean() < 3
+    upright = read_image(path, orient=True)
+    assert np.abs(upright.astype(int) - astronaut).mean() < 3  # the tag undoes the rotation
+    best = detector.detect([str(path)])[0]  # faces come best score first (dlib's HOG may add a weak one)
+    reference = detector.detect(astronaut)[0]
+    assert best.status == "ok" and best.detection_score > 1.0
+    assert np.abs(np.asarray(best.box) - np.asarray(reference.box)).max() < 8  # the same face, in the same place
+    with Image.open(path) as opened:  # a PIL image keeps the tag too
+        assert detector.detect(opened)[0].box == best.box
+    Image.fromarray(stored).save(tmp_path / "sideways.jpg", quality=95)  # the same pixels without the tag
+    assert [r.status for r in detector.detect([str(tmp_path / "sideways.jpg")])] == ["no_face"]
+
+
 def test_two_photos_side_by_side_give_two_faces(astronaut, grace, detector, model_dir):
     height = max(astronaut.shape[0], grace.shape[0])
     canvas = np.zeros((height, astronaut.shape[1] + grace.shape[1], 3), np.uint8)

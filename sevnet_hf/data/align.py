@@ -189,12 +189,37 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 _JPEG_MAGIC = b"\xff\xd8"
 
 
-def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation tag (1-8) of an image file; 1 (as stored) when it has none or it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            value = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels (H x W [x C]) upright as EXIF ``orientation`` says (PIL's ``exif_transpose`` order)."""
+    if orientation in (5, 6, 7, 8):
+        image = np.swapaxes(image, 0, 1)  # 5: transpose; with the flips below 6: 90 clockwise, 7: transverse, 8: 90 ccw
+    flip_rows = orientation in (3, 4, 7, 8)  # 3: 180, 4: mirror vertical
+    flip_columns = orientation in (2, 3, 6, 7)  # 2: mirror horizontal
+    return np.ascontiguousarray(image[:: -1 if flip_rows else 1, :: -1 if flip_columns else 1])
+
+
+def read_image(path: str | os.PathLike, reduce: int = 1, orient: bool = False) -> np.ndarray:
     """Read an image file as uint8 RGB (8/16-bit, gray or with alpha); raise ``ValueError`` if it cannot be decoded.
 
     ``reduce`` (2, 4 or 8; JPEG only) decodes at 1/reduce resolution through libjpeg's DCT scaling, several times
     faster than a full decode; pixel ``q`` of the result is centred on source pixel ``(q + 0.5) * reduce - 0.5``.
-    EXIF orientation is ignored either way (pixels as stored, which is what landmark files refer to).
+    By default pixels come as stored, which is what landmark files refer to; ``orient=True`` turns them upright as
+    the EXIF orientation says (photos from phones and cameras; detection does this).
     """
     import cv2
 
@@ -214,7 +239,8 @@ def read_image(path: str | os.PathLike, reduce: int = 1) -> np.ndarray:
         decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     elif decoded.ndim == 3 and decoded.shape[2] == 4:
         decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB)
-    return to_rgb_uint8(decoded)
+    rgb = to_rgb_uint8(decoded)
+    return apply_orientation(rgb, exif_orientation(path)) if orient else rgb
 
 
 def jpeg_reduction(path: str | os.PathLike, landmarks: np.ndarray, size: int, layout: str | None = None) -> int:

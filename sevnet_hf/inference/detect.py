@@ -176,6 +176,9 @@ class _Source:
 
 
 def _array_from_pil(image) -> np.ndarray:
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)  # upright, as for paths (a no-op without an orientation tag)
     if image.mode in ("RGB", "RGBA", "L", "I;16", "I;16L", "I;16B"):
         return np.asarray(image)
     return np.asarray(image.convert("RGB"))
@@ -495,7 +498,7 @@ class AUDetector:
             return to_rgb_uint8(source.image)
         if os.path.getsize(source.path) == 0:
             raise ValueError(f"{source.path}: empty file")
-        return read_image(source.path)
+        return read_image(source.path, orient=True)  # photos from phones are stored sideways with an EXIF tag
 
     # -- the streaming engine --------------------------------------------------------------------------------------
     def iter_results(
