@@ -131,7 +131,16 @@ def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_
     prepared, tiny_text_encoder_dir, tmp_path
 ):
     worker = Path(__file__).with_name("dist_worker.py")
-    args = run_args(prepared, tiny_text_encoder_dir, tmp_path / "run", epochs=1, batch_size=4)
+    # Both ranks read faces from one decoded cache (built once by rank 0; the GPU default), tested here on the CPU.
+    args = run_args(
+        prepared,
+        tiny_text_encoder_dir,
+        tmp_path / "run",
+        epochs=1,
+        batch_size=4,
+        decoded_cache="always",
+        decoded_cache_dir=str(tmp_path / "faces"),
+    )
     (tmp_path / "args.json").write_text(json.dumps(vars(args)))
     env = {
         **os.environ,
@@ -158,6 +167,7 @@ def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert sorted(p.name for p in (tmp_path / "faces").iterdir()) == ["faces_64.json", "faces_64.u8"]
     for rank in ranks:
         # 12 test images split over 2 processes in batches of 4: padding is dropped, each image counted once.
         assert rank["test_images_evaluated"] == 12

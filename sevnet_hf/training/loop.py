@@ -110,6 +110,23 @@ def _tracker_scalars(record: dict) -> dict:
     return scalars
 
 
+def _open_decoded_cache(accelerator, args: TrainArguments, size: int, num_workers: int):
+    """Build the decoded cache once: the main process first; then the first process of any machine that does not
+    see that file (no shared disk) builds its own copy; then everyone opens it. No two processes write one file."""
+
+    def build(progress: bool):
+        return build_decoded_cache(
+            args.dataset, size, cache_dir=args.decoded_cache_dir, num_workers=num_workers, progress=progress
+        )
+
+    decoded = build(progress=True) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    if decoded is None and accelerator.is_local_main_process:
+        decoded = build(progress=True)  # reuses the main process's cache where the disk is shared
+    accelerator.wait_for_everyone()
+    return decoded if decoded is not None else build(progress=False)
+
+
 def default_num_workers(device: torch.device, processes_per_node: int = 1) -> int:
     """DataLoader workers when none are given: 2 on a CPU (the model is the bottleneck there: measured 59x); on a
     GPU every core this process can spare (one stays with the step loop), at most 16."""
@@ -169,10 +186,7 @@ def train(args: TrainArguments) -> dict:
         num_workers = default_num_workers(accelerator.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     decoded = None
     if args.decoded_cache == "always" or (args.decoded_cache == "auto" and accelerator.device.type == "cuda"):
-        with accelerator.main_process_first():  # the main process builds it once; the others then open it
-            decoded = build_decoded_cache(
-                args.dataset, resize, cache_dir=args.decoded_cache_dir, num_workers=num_workers, progress=main
-            )
+        decoded = _open_decoded_cache(accelerator, args, resize, num_workers)
         dataset = number_rows(dataset)
     splits = split_fold(
         dataset, args.fold, metadata=metadata, val_fraction=args.val_fraction, seed=args.seed, verbose=main
