@@ -162,6 +162,8 @@ def build_decoded_cache(
     if files["partial"].is_file() and saved is not None and saved.get("key") == key:
         done = int(saved["rows_done"])
     else:
+        files["meta"].unlink(missing_ok=True)
+        files["data"].unlink(missing_ok=True)  # stale (another dataset or side): free its space before checking
         needed = nbytes - (files["partial"].stat().st_size if files["partial"].is_file() else 0)
         free = shutil.disk_usage(folder).free
         if needed > free:
@@ -173,18 +175,17 @@ def build_decoded_cache(
         with open(files["partial"], "wb") as handle:
             handle.truncate(nbytes)
         _write_json_atomic(files["progress"], {"key": key, "rows_done": 0})
-        files["meta"].unlink(missing_ok=True)
 
     array = np.memmap(files["partial"], dtype=np.uint8, mode="r+", shape=(key["rows"], 3, size, size))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(_EncodedRows(dataset, size), range(done, key["rows"])),
         batch_size=chunk_rows,
         num_workers=num_workers,
-        collate_fn=np.stack,
+        collate_fn=torch.utils.data.default_collate,  # stacks in shared memory inside workers: no pickled arrays
     )
     bar = tqdm(total=key["rows"], initial=done, desc=f"decoding faces to {files['data']}", disable=not progress)
     for chunk in loader:
-        array[done : done + len(chunk)] = chunk
+        array[done : done + len(chunk)] = chunk.numpy()
         array.flush()  # the rows are on disk before the progress file says so
         done += len(chunk)
         _write_json_atomic(files["progress"], {"key": key, "rows_done": done})
