@@ -188,3 +188,14 @@ def test_per_au_bias_starts_at_the_training_base_rates():
     torch.testing.assert_close(
         model.classifier.au_bias, torch.tensor(np.log(rates / (1 - rates)), dtype=torch.float32)
     )
+
+
+def test_default_workers_use_the_spare_cores_on_a_gpu(monkeypatch):
+    from sevnet_hf.training import loop
+
+    assert loop.default_num_workers(torch.device("cpu")) == 2
+    monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loop.default_num_workers(torch.device("cuda")) == 15  # one core stays with the step loop
+    assert loop.default_num_workers(torch.device("cuda"), processes_per_node=8) == 1
+    monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: set(range(128)), raising=False)
+    assert loop.default_num_workers(torch.device("cuda")) == 16  # capped
