@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sevnet_hf.data import decoded_cache
+from sevnet_hf.data import decoded_cache, transforms
 from sevnet_hf.data.decoded_cache import build_decoded_cache, cache_files, number_rows
 from sevnet_hf.data.folds import split_fold
 from sevnet_hf.data.schema import load_prepared, read_metadata
@@ -41,8 +41,8 @@ def test_cached_faces_equal_decoded_faces_for_a_split(prepared, tmp_path):
 def test_a_complete_cache_is_reused_and_a_stale_one_rebuilt(prepared, tmp_path, monkeypatch):
     build_decoded_cache(prepared, 32, cache_dir=tmp_path, progress=False)
     calls = []
-    original = decoded_cache.decode_resized
-    monkeypatch.setattr(decoded_cache, "decode_resized", lambda *a: calls.append(1) or original(*a))
+    original = transforms.decode_resized
+    monkeypatch.setattr(transforms, "decode_resized", lambda *a: calls.append(1) or original(*a))
     build_decoded_cache(prepared, 32, cache_dir=tmp_path, progress=False)
     assert calls == []  # reused
     meta = cache_files(tmp_path, 32)["meta"]
@@ -56,7 +56,7 @@ def test_a_complete_cache_is_reused_and_a_stale_one_rebuilt(prepared, tmp_path, 
 
 def test_an_interrupted_build_leaves_no_cache_and_resumes_where_it_stopped(prepared, tmp_path, monkeypatch):
     rows = len(load_prepared(prepared))
-    original = decoded_cache.decode_resized
+    original = transforms.decode_resized
     calls = []
 
     def failing(data, size):
@@ -65,7 +65,7 @@ def test_an_interrupted_build_leaves_no_cache_and_resumes_where_it_stopped(prepa
         calls.append(1)
         return original(data, size)
 
-    monkeypatch.setattr(decoded_cache, "decode_resized", failing)
+    monkeypatch.setattr(transforms, "decode_resized", failing)
     with pytest.raises(KeyboardInterrupt):
         build_decoded_cache(prepared, 24, cache_dir=tmp_path, chunk_rows=4, progress=False)
     files = cache_files(tmp_path, 24)
@@ -73,7 +73,7 @@ def test_an_interrupted_build_leaves_no_cache_and_resumes_where_it_stopped(prepa
     assert json.loads(files["progress"].read_text())["rows_done"] == 8  # two whole chunks of 4
 
     calls.clear()
-    monkeypatch.setattr(decoded_cache, "decode_resized", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(transforms, "decode_resized", lambda *a: calls.append(1) or original(*a))
     cache = build_decoded_cache(prepared, 24, cache_dir=tmp_path, chunk_rows=4, progress=False)
     assert len(calls) == rows - 8  # the finished chunks were not decoded again
     assert not files["partial"].exists() and not files["progress"].exists()

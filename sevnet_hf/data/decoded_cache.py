@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import transforms
 from .schema import DATASET_DIR, load_prepared
-from .transforms import decode_resized
 
 ROW_COLUMN = "_row"
 CACHE_DIR = "decoded"
@@ -70,18 +70,15 @@ class _EncodedRows(torch.utils.data.Dataset):
     """Row ``i`` of a prepared dataset decoded to 3 x S x S uint8 (what the cache stores)."""
 
     def __init__(self, dataset: Any, size: int):
-        from datasets import Image as ImageFeature
-
-        self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+        self.images = transforms.encoded_images(dataset)
         self.size = size
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        image = self.images[int(index)]["image"]
         try:
-            array = decode_resized(image["bytes"] if image.get("bytes") else image["path"], self.size)
+            array = transforms.decode_row(self.images, index, self.size)
         except Exception as error:  # name the row: the prepared set is damaged there
             raise ValueError(f"row {index} of the prepared dataset does not decode: {error}") from error
         return np.ascontiguousarray(array.transpose(2, 0, 1))

@@ -33,6 +33,19 @@ def decode_resized(data: bytes | str, size: int) -> np.ndarray:
         return np.array(image)  # a writable copy (torch.from_numpy needs one)
 
 
+def encoded_images(dataset):
+    """The ``image`` column of a prepared dataset left encoded (``{"bytes", "path"}`` per row)."""
+    from datasets import Image as ImageFeature
+
+    return dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+
+
+def decode_row(images, index: int, size: int) -> np.ndarray:
+    """Row ``index`` of :func:`encoded_images` decoded to ``size x size`` RGB uint8."""
+    image = images[int(index)]["image"]
+    return decode_resized(image["bytes"] if image.get("bytes") else image["path"], size)
+
+
 class AUImageDataset(torch.utils.data.Dataset):
     """A prepared dataset (``sevnet_hf.data.schema``) as ``{"pixel_values": uint8 3xSxS, "labels": float N}``.
 
@@ -42,12 +55,10 @@ class AUImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, au_columns: Sequence[str], size: int = 256, decoded=None):
-        from datasets import Image as ImageFeature
-
         missing = [c for c in au_columns if c not in dataset.column_names]
         if missing:
             raise ValueError(f"prepared dataset has no column {missing[0]!r}; its columns are {dataset.column_names}")
-        self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+        self.images = encoded_images(dataset)
         self.labels = torch.from_numpy(
             np.stack([np.asarray(dataset[c], dtype=np.float32) for c in au_columns], axis=1)
         )
@@ -78,8 +89,7 @@ class AUImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.decoded is not None:
             return {"pixel_values": self.decoded[self.rows[index]], "labels": self.labels[index]}
-        image = self.images[int(index)]["image"]
-        array = decode_resized(image["bytes"] if image.get("bytes") else image["path"], self.size)
+        array = decode_row(self.images, index, self.size)
         return {"pixel_values": torch.from_numpy(array).permute(2, 0, 1).contiguous(), "labels": self.labels[index]}
 
 
