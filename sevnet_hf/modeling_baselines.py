@@ -161,8 +161,7 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
             )
         self.register_buffer("au_text_embeddings", torch.zeros(config.num_labels, config.text_hidden_size))
         self.register_buffer("graph_adjacency", self._propagation_tensor(config.graph, config.graph_type))
-        # the raw graph on the model's device for the graph loss (rebuilt from the config when loading)
-        self.register_buffer("graph_raw", torch.tensor(config.graph, dtype=torch.float32), persistent=False)
+        self._graph_on_device: torch.Tensor | None = None  # see graph_tensor()
         self.gcn = AUGraphEncoder(
             config.text_hidden_size,
             config.gcn_hidden_sizes,
@@ -187,7 +186,15 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
         self.config.graph = stored
         buffer = self.graph_adjacency
         self.graph_adjacency = self._propagation_tensor(stored, self.config.graph_type).to(buffer.device, buffer.dtype)
-        self.graph_raw = torch.tensor(stored, dtype=torch.float32, device=buffer.device)
+        self._graph_on_device = None
+
+    def graph_tensor(self, device: torch.device) -> torch.Tensor:
+        """The raw graph of the config as a tensor on ``device``, copied there once rather than at every step (a copy
+        from a Python list blocks the host). Not a buffer: transformers leaves non-persistent buffers uninitialised
+        when it loads a checkpoint (measured: garbage values)."""
+        if self._graph_on_device is None or self._graph_on_device.device != device:
+            self._graph_on_device = torch.tensor(self.config.graph, dtype=torch.float32, device=device)
+        return self._graph_on_device
 
     def compute_au_embeddings(self) -> torch.Tensor:
         """GCN node outputs (num AUs x d_v) from the frozen AU text table; independent of the image."""
@@ -312,7 +319,9 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
         if labels is not None:
             loss = masked_bce_loss(logits, labels)
             if self.config.graph_embedding_loss_weight > 0:
-                loss = loss + self.config.graph_embedding_loss_weight * graph_embedding_loss(au_embeddings, self.graph_raw)
+                loss = loss + self.config.graph_embedding_loss_weight * graph_embedding_loss(
+                    au_embeddings, self.graph_tensor(logits.device)
+                )
         attentions = alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None
         output = AUDetectionOutput(loss, logits, attentions, visual_features, au_embeddings)
         return output if return_dict else output.to_tuple()

@@ -182,7 +182,7 @@ def test_graph_models_keep_their_au_set_and_replace_graphs():
     model.set_graph([[0, 0, 0], [0, 0, 0], [0, 0, 0]])
     torch.testing.assert_close(model.graph_adjacency, torch.eye(3))
     assert model.config.graph[0][1] == 0.0
-    assert torch.equal(model.graph_raw, torch.zeros(3, 3))  # what the graph loss reads
+    assert torch.equal(model.graph_tensor(torch.device("cpu")), torch.zeros(3, 3))  # what the graph loss reads
 
 
 def test_from_backbones_loads_backbone_file_and_builds_text_table(tmp_path):
@@ -224,10 +224,12 @@ def test_from_backbones_loads_backbone_file_and_builds_text_table(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config_class,model_class", BASELINES, ids=["resnet", "mlgcn", "mscam"])
 def test_save_and_load_give_identical_logits(tmp_path, config_class, model_class):
-    model = make_model(config_class, model_class)
+    extra = {"graph_embedding_loss_weight": 0.5} if model_class is AUMSCAMForAUDetection else {}
+    model = make_model(config_class, model_class, **extra).eval()
     pixels = images()
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 9.0, 1.0]])
     with torch.no_grad():
-        expected = model(pixels).logits
+        expected = model(pixels, labels=labels)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == f"modeling_baselines.{model_class.__name__}"
@@ -235,7 +237,9 @@ def test_save_and_load_give_identical_logits(tmp_path, config_class, model_class
         reloaded = loader.from_pretrained(tmp_path).eval()
         assert type(reloaded) is model_class
         with torch.no_grad():
-            assert torch.equal(reloaded(pixels).logits, expected)
+            out = reloaded(pixels, labels=labels)
+        assert torch.equal(out.logits, expected.logits)
+        torch.testing.assert_close(out.loss, expected.loss)  # MS-CAM: the graph loss reads the graph after loading
 
 
 _REMOTE_LOADER = """
