@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic_io import write_json_atomic
 from . import transforms
 from .schema import DATASET_DIR, load_prepared
 
@@ -51,12 +52,6 @@ def cache_files(folder: Path, size: int) -> dict[str, Path]:
         "meta": folder / f"{stem}.json",
         "progress": folder / f"{stem}.progress.json",
     }
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -171,7 +166,7 @@ def build_decoded_cache(
             )
         with open(files["partial"], "wb") as handle:
             handle.truncate(nbytes)
-        _write_json_atomic(files["progress"], {"key": key, "rows_done": 0})
+        write_json_atomic(files["progress"], {"key": key, "rows_done": 0})
 
     array = np.memmap(files["partial"], dtype=np.uint8, mode="r+", shape=(key["rows"], 3, size, size))
     loader = torch.utils.data.DataLoader(
@@ -185,12 +180,12 @@ def build_decoded_cache(
         array[done : done + len(chunk)] = chunk.numpy()
         array.flush()  # the rows are on disk before the progress file says so
         done += len(chunk)
-        _write_json_atomic(files["progress"], {"key": key, "rows_done": done})
+        write_json_atomic(files["progress"], {"key": key, "rows_done": done})
         bar.update(len(chunk))
     bar.close()
     del array
     os.replace(files["partial"], files["data"])
-    _write_json_atomic(files["meta"], key)
+    write_json_atomic(files["meta"], key)
     files["progress"].unlink(missing_ok=True)
     return DecodedFaces(files["data"], key["rows"], size)
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from sevnet_hf.atomic_io import write_json_atomic
 from sevnet_hf.data.align import (
     CANONICAL_TEMPLATE_5PT,
     TEMPLATE_SIZE,
@@ -146,7 +147,7 @@ class PreparationReport:
         return data
 
     def save(self, path: str | os.PathLike) -> None:
-        _write_json_atomic(Path(path), self.to_dict())
+        write_json_atomic(path, self.to_dict())
 
     def format_table(self, max_listed: int = 10) -> str:
         """A plain-text summary: frames per subject, AU base rates, faces not found, errors."""
@@ -178,20 +179,6 @@ class PreparationReport:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small file helpers.
-
-
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    _write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def _shard_name(unit_id: str) -> str:
@@ -621,7 +608,7 @@ def prepare_dataset(
     metadata = _build_metadata(ordered, report, source, aus, subject_parts, partition_name, settings, extra_metadata)
     _assemble(order, shard_dir, out / DATASET_DIR, metadata, subject_parts, progress)
     report.seconds = round(time.time() - started, 2)
-    _write_json_atomic(out / METADATA_FILE, metadata)
+    write_json_atomic(out / METADATA_FILE, metadata)
     report.save(out / REPORT_FILE)
     if progress:
         print(report.format_table(), flush=True)

@@ -42,11 +42,11 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic_io import write_json_atomic
 from ..data.align import TEMPLATE_SIZE, align_face, read_image, to_rgb_uint8
 from ..protocols import DEFAULT_THRESHOLD
 from .video import (
@@ -1085,7 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = detector.stats.as_dict(detector.tracker_counts)
     _print_summary(stats, output, writer, problems, no_face, detector.skipped)
     if args.stats_json:
-        _write_json_atomic(args.stats_json, {**stats, "output": output, "rows": writer.rows, "problems": problems})
+        write_json_atomic(args.stats_json, {**stats, "output": output, "rows": writer.rows, "problems": problems})
     return 0
 
 
@@ -1114,14 +1114,6 @@ def _print_summary(stats, output, writer, problems, no_face, skipped) -> None:
             f"ignored {len(skipped)} file(s) without an image or video extension: {', '.join(skipped[:10])}", file=out
         )
     sys.stderr.write(out.getvalue())
-
-
-def _write_json_atomic(path: str, data: dict) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, target)
 
 
 if __name__ == "__main__":

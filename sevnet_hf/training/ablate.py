@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_io import write_text_atomic
 from .args import TrainArguments
-from .crossval import _atomic_write, bar_chart, run_folds, to_csv, to_markdown
+from .crossval import bar_chart, run_folds, to_csv, to_markdown
 
 MODEL_ORDER = ("resnet", "mlgcn", "mscam", "sevnet")
 
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(
         ["frequency prior", *[first["frequency_prior"]["f1"][n] for n in names], first["frequency_prior"]["f1_mean"]]
     )
-    _atomic_write(root / "ablation_f1.md", to_markdown(header, rows))
-    _atomic_write(root / "ablation_f1.csv", to_csv(header, rows))
+    write_text_atomic(root / "ablation_f1.md", to_markdown(header, rows))
+    write_text_atomic(root / "ablation_f1.csv", to_csv(header, rows))
     bar_chart(
         {row[0]: row[1:] for row in rows},
         header[1:],
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for name, (model, processor) in attention_models.items()
             }
-            _atomic_write(root / "attention_localisation.json", json.dumps(scores, indent=2))
+            write_text_atomic(root / "attention_localisation.json", json.dumps(scores, indent=2))
             lines = [
                 "| model | AU | faces | mass in region % | peak in region % | uniform map % |",
                 "|---|---|---|---|---|---|",
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"| {name} | {au} | {s['faces']} | {s['mass_in_region']:.1f} | "
                         f"{s['peak_in_region']:.1f} | {s['uniform_mass']:.1f} |"
                     )
-            _atomic_write(root / "attention_localisation.md", "\n".join(lines) + "\n")
+            write_text_atomic(root / "attention_localisation.md", "\n".join(lines) + "\n")
             print("\n".join(lines))
         else:
             print("No au_regions column (only the synthetic set has known AU regions): localisation not scored.")

@@ -17,18 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_io import write_text_atomic
 from .args import TrainArguments
 
 
 @dataclass
 class CrossvalArguments(TrainArguments):
     folds: str = field(default="1,2,3", metadata={"help": "Comma-separated folds to run."})
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_folds(args: TrainArguments, folds: list[int], output_root: Path) -> dict[int, dict]:
@@ -114,8 +109,8 @@ def write_tables(header, rows, output_root: Path, stem: str, title: str) -> dict
         "csv": output_root / f"{stem}.csv",
         "png": output_root / f"{stem}.png",
     }
-    _atomic_write(paths["markdown"], to_markdown(header, rows))
-    _atomic_write(paths["csv"], to_csv(header, rows))
+    write_text_atomic(paths["markdown"], to_markdown(header, rows))
+    write_text_atomic(paths["csv"], to_csv(header, rows))
     bar_chart({row[0]: row[1:] for row in rows}, header[1:], paths["png"], title)
     return paths
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..atomic_io import write_json_atomic
 from ..data.decoded_cache import build_decoded_cache, number_rows
 from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
 from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
@@ -51,12 +52,6 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save_model_atomic(model, processor, folder: Path) -> None:
@@ -368,8 +363,8 @@ def train(args: TrainArguments) -> dict:
     if main:
         final = output_dir / FINAL_DIR
         _save_model_atomic(unwrapped, processor, final)
-        _write_json_atomic(final / "results.json", results)
-        _write_json_atomic(output_dir / "results.json", results)
+        write_json_atomic(final / "results.json", results, default=float)
+        write_json_atomic(output_dir / "results.json", results, default=float)
         np.savez_compressed(output_dir / "test_predictions.npz", probabilities=probabilities, labels=labels)
         _write_model_card(final, unwrapped.config, results)
         _plot_curves(state["history"], output_dir / "training_curve.png")
@@ -388,7 +383,7 @@ def _save_epoch_checkpoint(accelerator, output_dir: Path, epoch: int, state: dic
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json_atomic(folder / STATE_FILE, state)
+        write_json_atomic(folder / STATE_FILE, state, default=float)
         (folder / COMPLETE_MARKER).write_text("ok\n")
         for old in _complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
