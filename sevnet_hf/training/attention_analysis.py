@@ -7,11 +7,12 @@ inside its box and how often the attention peak does, next to the chance level o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic_io import save_atomic
 
 
 def _cell_overlap(box, grid: tuple[int, int], crop: int, left: int, top: int, scale: float) -> np.ndarray:
@@ -104,9 +105,7 @@ def side_by_side_attention(models: dict, processor, faces: list[np.ndarray], pat
     for block in blocks:
         canvas[top : top + block.shape[0], : block.shape[1]] = block
         top += block.shape[0]
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(canvas).save(tmp)
-    os.replace(tmp, path)
+    save_atomic(path, Image.fromarray(canvas).save)
     return path
 
 

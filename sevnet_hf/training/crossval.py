@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic_io import write_text_atomic
+from ..atomic_io import save_atomic, write_text_atomic
 from .args import TrainArguments
 
 
@@ -97,10 +96,8 @@ def bar_chart(series: dict[str, list[float]], names: list[str], path: Path, titl
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=min(4, len(series)))
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_tables(header, rows, output_root: Path, stem: str, title: str) -> dict[str, Path]:

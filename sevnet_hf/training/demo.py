@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic_io import save_atomic, write_json_atomic
 
 
 @dataclass
@@ -95,9 +96,7 @@ def _attention_figure(model_dir: Path, data_dir: Path, results: dict, path: Path
         for panel in panels:
             canvas[top : top + panel.shape[0], : panel.shape[1]] = panel[..., :3]
             top += panel.shape[0]
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        Image.fromarray(canvas).save(tmp)
-        os.replace(tmp, path)
+        save_atomic(path, Image.fromarray(canvas).save)
 
 
 def run(args: DemoArguments) -> dict:
@@ -176,9 +175,7 @@ def run(args: DemoArguments) -> dict:
         "seconds": time.perf_counter() - started,
         "table": table,
     }
-    tmp = out / ".demo_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "demo_summary.json")
+    write_json_atomic(out / "demo_summary.json", summary)
     print(
         f"Done in {summary['seconds']:.0f} s: test mean F1 {summary['test_f1_mean']:.1f} vs frequency prior "
         f"{summary['frequency_prior_f1_mean']:.1f}. Model: {model_dir}",

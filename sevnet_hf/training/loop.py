@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..atomic_io import write_json_atomic
+from ..atomic_io import save_atomic, write_json_atomic
 from ..data.decoded_cache import build_decoded_cache, number_rows
 from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
 from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
@@ -439,10 +439,8 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     ax2.set_ylabel("validation mean F1 (%)", color="tab:orange")
     ax1.set_title("Training curve")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None, dataclass_type=TrainArguments):
