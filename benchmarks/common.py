@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -49,9 +48,8 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 
 
 def write_json(name: str, data: dict) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    from sevnet_hf.atomic_io import write_json_atomic
+
     path = RESULTS_DIR / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
     return path

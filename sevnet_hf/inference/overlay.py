@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..atomic_io import write_bytes_atomic
+
 TEXT_FONT_SCALE = 0.45
 PRESENT_COLOUR = (80, 255, 80)  # RGB, for AUs at or above their threshold
 ABSENT_COLOUR = (255, 255, 255)
@@ -33,11 +35,7 @@ def write_image_atomic(path: str | os.PathLike, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(extension, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot encode images as {extension!r}; use .png or .jpg")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(encoded.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 def model_view(aligned_face: np.ndarray, size: int | None, crop_size: int | None) -> np.ndarray:
