@@ -32,6 +32,80 @@ def _results_table(results: dict | None) -> str:
     return "\n".join([header, *rows])
 
 
+def _head_sentence(config) -> str:
+    if getattr(config, "model_type", "sevnet") == "resnet":
+        return "(this baseline) average pooling and one linear output per AU replace the attention."
+    if not getattr(config, "shared_classifier", True):
+        return "one linear classifier per AU scores its attended features (not the paper's shared classifier)."
+    if getattr(config, "classifier_per_au_bias", False):
+        return "one shared linear classifier (Eq. 7) scores every AU, plus one learned bias per AU."
+    return "one shared linear classifier (Eq. 7) scores every AU."
+
+
+def _design_notes(config) -> str:
+    """What this checkpoint's config sets where the paper states otherwise (or nothing), from the config itself."""
+    if getattr(config, "model_type", "sevnet") != "sevnet":
+        return f"A `{config.model_type}` baseline of the SEV-Net paper's ablation (backbone `{config.backbone}`)."
+    stride = getattr(config, "backbone_output_stride", None)
+    weight = getattr(config, "au_diversity_weight", 0.0)
+    notes = [
+        "- Classifier: "
+        + ("shared by all AUs (Eq. 7)" if config.shared_classifier else "one per AU (departs from Eq. 7)")
+        + (
+            "; plus one bias per AU (departs from Eq. 7)"
+            if config.shared_classifier and config.classifier_per_au_bias
+            else ""
+        )
+        + ".",
+        f"- Visual map: `{config.backbone}` at output stride {stride or 'of the backbone (32 for resnet18; the paper)'}"
+        + (" (dilated last stages; the paper uses 32)" if stride and stride != 32 else "")
+        + f", input {config.image_size} px.",
+        f"- AU-embedding diversity term `au_diversity_weight = {weight:g}`"
+        + (
+            " (added to Eq. 7's loss in training: the mean squared cosine between AU embeddings; without it the AU "
+            "embeddings collapse into one direction and every AU gets the same map)"
+            if weight > 0
+            else " (the paper's loss alone)"
+        )
+        + ".",
+        f"- Text encoder `{_public_name(getattr(config, 'text_encoder', '?'))}` "
+        f"({config.text_hidden_size}-d; the paper: BERT-Large, 1024-d), Inter-AU encoder "
+        f"{config.inter_au_num_layers} layers x {config.inter_au_hidden_size} wide, {config.inter_au_num_heads} heads.",
+        f"- Projection bias starts at `au_projection_bias_init = {config.au_projection_bias_init:g}`.",
+    ]
+    strict = not weight and stride in (None, 32) and config.shared_classifier and not config.classifier_per_au_bias
+    notes.append(
+        "- This is the paper's configuration."
+        if strict
+        else "- The paper's configuration: `shared_classifier=True`, "
+        "`classifier_per_au_bias=False`, `backbone_output_stride=None`, `au_diversity_weight=0`."
+    )
+    return "\n".join(notes)
+
+
+def _attention_health(results: dict | None) -> str:
+    history = (results or {}).get("history") or []
+    last = history[-1] if history else {}
+    if "au_map_tv" not in last:
+        return ""
+    verdict = (
+        "**the AU embeddings had collapsed: every AU got the same attention map**"
+        if last.get("attention_collapsed")
+        else "AU embeddings apart"
+    )
+    return (
+        f"Attention health on the validation faces after the last epoch ({last['epoch']}): mean pairwise cosine of the "
+        f"AU embeddings {last['au_embedding_cosine']:.3f}, mean total variation between two AUs' maps of a face "
+        f"{last['au_map_tv']:.3f}, all-zero (fallback) maps {100 * last['dead_map_share']:.1f}%: {verdict}."
+    )
+
+
+def _public_name(name: str) -> str:
+    """A Hub id as it is; a local folder by its last part only (a card holds no path of the machine it was made on)."""
+    text = str(name)
+    return "/".join(Path(text).parts[-2:]) if os.path.isabs(text) or text.startswith((".", "~")) else text
+
+
 def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_OR_REPO_ID") -> str:
     """Fill the model card template from a model config and a results dict (``results.json`` of a training run)."""
     results = results or {}
@@ -64,7 +138,10 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         "title": f"{'SEV-Net' if config.model_type == 'sevnet' else config.model_type} AU detector "
         f"({config.backbone}, {len(config.au_labels)} AUs)",
         "backbone": config.backbone,
-        "text_encoder": getattr(config, "text_encoder", "?"),
+        "text_encoder": _public_name(getattr(config, "text_encoder", "?")),
+        "head_sentence": _head_sentence(config),
+        "design_notes": _design_notes(config),
+        "attention_health": _attention_health(results),
         "inter_layers": getattr(config, "inter_au_num_layers", 2),
         "model_type": config.model_type,
         "au_list": ", ".join(config.au_labels),

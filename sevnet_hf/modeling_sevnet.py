@@ -84,9 +84,19 @@ class AUDetectionOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------------
 # Building blocks (shared with the baselines)
 # ----------------------------------------------------------------------------------------------------------------------
-def create_backbone(name: str) -> nn.Module:
-    """A timm model that returns its un-pooled spatial map from ``forward`` (no download: weights come later)."""
-    return timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+def create_backbone(name: str, output_stride: int | None = None) -> nn.Module:
+    """A timm model that returns its un-pooled spatial map from ``forward`` (no download: weights come later).
+
+    ``output_stride`` (8, 16 or 32; ``None``: the model's own) makes the last stages dilated instead of strided, as
+    timm's ``output_stride`` does: the same weights, a finer map (resnet18 at 96 px: 6x6 at 16 instead of 3x3).
+    """
+    kwargs = {} if output_stride is None else {"output_stride": int(output_stride)}
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"timm model {name!r} does not take output_stride={output_stride} ({err}); set backbone_output_stride=None"
+        ) from err
 
 
 def known_label_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -100,6 +110,20 @@ def masked_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     targets = torch.where(mask, labels, torch.zeros_like(labels)).to(logits.dtype)
     per_label = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
     return (per_label * mask).sum() / logits.shape[0]
+
+
+def au_embedding_similarity(au_embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine between the projected embeddings of different AUs (0: orthogonal, 1: collapsed).
+
+    The regulariser of ``au_diversity_weight``: it keeps the AU vectors apart so Eq. 4 gives each AU its own map.
+    """
+    count = au_embeddings.shape[0]
+    if count < 2:
+        return au_embeddings.new_zeros(())
+    unit = F.normalize(au_embeddings.float(), dim=-1)
+    cosine = unit @ unit.t()
+    off_diagonal = cosine.pow(2).sum() - cosine.diagonal().pow(2).sum()
+    return off_diagonal / (count * (count - 1))
 
 
 def cross_modality_attention(
@@ -284,7 +308,7 @@ class SEVNetPreTrainedModel(PreTrainedModel):
 
     def _build_backbone(self, config) -> nn.Module:
         """The timm backbone, marked so ``_init_weights`` leaves it to timm; sets/validates ``visual_hidden_size``."""
-        backbone = create_backbone(config.backbone)
+        backbone = create_backbone(config.backbone, getattr(config, "backbone_output_stride", None))
         for module in backbone.modules():
             module._in_backbone = True
         if config.visual_hidden_size is None:
@@ -443,7 +467,11 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.sevnet(pixel_values, output_attentions=output_attentions, return_dict=True)
         logits = self.classifier(self.dropout(outputs.attended_features))
-        loss = masked_bce_loss(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = masked_bce_loss(logits, labels)
+            if self.config.au_diversity_weight > 0:
+                loss = loss + self.config.au_diversity_weight * au_embedding_similarity(outputs.au_embeddings)
         output = AUDetectionOutput(
             loss, logits, outputs.cross_attentions, outputs.visual_features, outputs.au_embeddings
         )

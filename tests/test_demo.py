@@ -33,16 +33,25 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
         "0",
         "--progress",
         "false",
+        "--baseline",
+        "true",
     ]
     assert main(argv) == 0
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["photo_faces"] == 1  # the astronaut portrait: one face row
     assert 0 <= summary["test_f1_mean"] <= 100 and 0 < summary["frequency_prior_f1_mean"] < 100
     assert "frequency prior" in summary["table"]
+    # The paper's head by default, the ResNet-18 baseline beside it, and the attention bars measured on test faces.
+    assert summary["shared_classifier"] is True
+    assert "| ResNet-18 |" in summary["table"] and 0 <= summary["baselines_f1_mean"]["ResNet-18"] <= 100
+    assert summary["attention_map_grid"] == [4, 4]  # 56 px at output stride 16
+    assert 0 <= summary["test_map_tv"] <= 1 and summary["test_mass_over_uniform"] > 0
     for path in (summary["training_curve"], summary["attention_figure"], out / "photo_aus.csv"):
         assert Path(path).is_file(), path
     model = AutoModel.from_pretrained(summary["model_dir"])
     assert len(model.config.au_labels) >= 15 and model.has_au_text_embeddings
     assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
+    assert model.config.shared_classifier and not model.config.classifier_per_au_bias
+    assert model.config.backbone_output_stride == 16 and model.config.au_diversity_weight == 1.0
     # Running again reuses the prepared data and the finished training (resumable main job).
     assert main(argv) == 0

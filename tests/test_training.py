@@ -102,6 +102,8 @@ def test_per_epoch_metrics_reach_tensorboard(prepared, tiny_text_encoder_dir, tm
     assert [e.value for e in logged] == pytest.approx([r["val_f1_mean"] for r in history])
     assert [e.step for e in events.Scalars("val_f1/AU4")] == [1, 2]
     assert len(events.Scalars("test_f1_mean")) == 1
+    tv = events.Scalars("attention/au_map_tv")  # attention health, grouped
+    assert [e.value for e in tv] == pytest.approx([r["au_map_tv"] for r in history])
 
 
 def test_report_to_none_writes_no_tracker_files(prepared, tiny_text_encoder_dir, tmp_path):

@@ -27,7 +27,6 @@ def _cell_overlap(box, grid: tuple[int, int], crop: int, left: int, top: int, sc
     return over_y[:, None] * over_x[None, :]
 
 
-@torch.no_grad()
 def localisation_scores(
     model,
     processor,
@@ -40,6 +39,35 @@ def localisation_scores(
     """Per AU: mean attention mass inside the AU's region, share of attention peaks inside it, and the uniform-map
     chance level, over faces where the AU is present. Needs ``au_regions`` (one box per AU in ``au_columns`` order,
     in pixels of the ``aligned_size`` aligned face) and a model returning attention maps."""
+    return _scan(model, processor, dataset, au_columns, max_images, batch_size, aligned_size)[0]
+
+
+def attention_summary(
+    model, processor, dataset, au_columns: list[str], max_images: int = 400, aligned_size: int = 256
+) -> dict:
+    """What the attention issue's bars read, on the first ``max_images`` faces of ``dataset``:
+
+    - ``mass_over_uniform``: mean over AUs of (attention mass inside the AU's region) / (a uniform map's), faces
+      where the AU is present (1.0: no better than uniform);
+    - ``map_tv``: mean over faces of the mean total variation distance between the maps of two different AUs;
+    - ``grid``: the maps' (h, w);
+    - ``per_au``: :func:`localisation_scores`.
+    """
+    per_au, tv, grid = _scan(model, processor, dataset, au_columns, max_images, 32, aligned_size)
+    ratios = [v["mass_in_region"] / v["uniform_mass"] for v in per_au.values() if v["uniform_mass"] > 0]
+    return {
+        "mass_over_uniform": float(np.mean(ratios)) if ratios else float("nan"),
+        "map_tv": float(np.mean(tv)) if tv else float("nan"),
+        "faces": len(tv),
+        "grid": list(grid),
+        "per_au": per_au,
+    }
+
+
+@torch.no_grad()
+def _scan(model, processor, dataset, au_columns, max_images, batch_size, aligned_size):
+    from .attention_health import pairwise_map_tv
+
     if "au_regions" not in dataset.column_names:
         raise ValueError("localisation needs the synthetic set's au_regions column (per-AU boxes in aligned pixels)")
     model.eval()
@@ -49,12 +77,15 @@ def localisation_scores(
     mass = {c: [] for c in au_columns}
     peak = {c: [] for c in au_columns}
     chance = {c: [] for c in au_columns}
+    tv: list[float] = []
+    grid: tuple[int, ...] = ()
     for start in range(0, count, batch_size):
         rows = dataset[start : min(count, start + batch_size)]
         images = [np.asarray(im.convert("RGB")) for im in rows["image"]]
         out = model(**processor(images), output_attentions=True)
         if out.cross_attentions is None:
             raise ValueError(f"{type(model).__name__} returns no attention maps")
+        tv.extend(pairwise_map_tv(out.cross_attentions).tolist())
         maps = out.cross_attentions.float().numpy()
         grid = maps.shape[-2:]
         for i in range(len(images)):
@@ -76,7 +107,7 @@ def localisation_scores(
                 "uniform_mass": 100 * float(np.mean(chance[column])),
                 "faces": len(mass[column]),
             }
-    return summary
+    return summary, tv, grid
 
 
 def side_by_side_attention(models: dict, processor, faces: list[np.ndarray], path: Path) -> Path:

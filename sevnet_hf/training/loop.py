@@ -25,6 +25,7 @@ from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
 from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
 from ..protocols import fold_name
 from .args import TrainArguments
+from .attention_health import ATTENTION_KEYS, AttentionHealth, grad_norm, text_path_parameters, warn_if_collapsed
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best_model"
@@ -100,7 +101,11 @@ def _scalar_hparams(args: TrainArguments) -> dict:
 
 def _tracker_scalars(record: dict) -> dict:
     """One epoch's record as flat scalars: per-AU F1 under ``val_f1/<AU column>``."""
-    scalars = {k: v for k, v in record.items() if k not in ("epoch", "val_f1")}
+    scalars = {
+        (f"attention/{k}" if k in ATTENTION_KEYS else k): float(v) if isinstance(v, bool) else v
+        for k, v in record.items()
+        if k not in ("epoch", "val_f1")
+    }
     scalars.update({f"val_f1/{name}": value for name, value in record["val_f1"].items()})
     return scalars
 
@@ -132,14 +137,20 @@ def default_num_workers(device: torch.device, processes_per_node: int = 1) -> in
 
 
 @torch.no_grad()
-def predict_loader(model, loader, augment, accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and labels for every image of ``loader``, gathered across processes exactly once each."""
+def predict_loader(model, loader, augment, accelerator, health: AttentionHealth | None = None):
+    """Sigmoid probabilities and labels for every image of ``loader``, gathered across processes exactly once each.
+
+    With ``health``, the attention maps of the batches are added to it (models that return maps only).
+    """
     model.eval()
     probabilities, labels = [], []
     for batch in loader:
         pixels = augment(batch["pixel_values"], train=False)
         with accelerator.autocast():
-            logits = model(pixels).logits
+            outputs = model(pixels, output_attentions=True) if health is not None else model(pixels)
+        logits = outputs.logits
+        if health is not None:
+            health.update(outputs)
         logits, batch_labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
         probabilities.append(torch.sigmoid(logits).cpu())
         labels.append(batch_labels.cpu())
@@ -241,6 +252,7 @@ def train(args: TrainArguments) -> dict:
         elif main:
             print(f"--resume: no complete checkpoint under {output_dir / CHECKPOINTS_DIR}; starting fresh", flush=True)
 
+    text_parameters = text_path_parameters(accelerator.unwrap_model(model))
     steps_per_epoch = len(train_loader)
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
@@ -262,6 +274,7 @@ def train(args: TrainArguments) -> dict:
             leave=False,
         )
         loss_sum = torch.zeros((), device=accelerator.device)
+        text_grad_sum = torch.zeros((), device=accelerator.device)
         seen, started = 0, time.perf_counter()
         data_wait, fetch_started = 0.0, started
         for step, batch in enumerate(train_loader):
@@ -273,6 +286,9 @@ def train(args: TrainArguments) -> dict:
                 with accelerator.autocast():
                     loss = model(pixels, labels=batch["labels"]).loss
                 accelerator.backward(loss)
+                text_grad = grad_norm(text_parameters)
+                if text_grad is not None:
+                    text_grad_sum += text_grad
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
@@ -288,7 +304,8 @@ def train(args: TrainArguments) -> dict:
         scheduler.step()
         train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / max(1, steps_per_epoch)
 
-        probabilities, labels = predict_loader(model, val_loader, augment, accelerator)
+        health = AttentionHealth()
+        probabilities, labels = predict_loader(model, val_loader, augment, accelerator, health=health)
         thresholds = accelerator.unwrap_model(model).config.decision_thresholds
         val_scores = au_f1_scores(probabilities_to_predictions(probabilities, thresholds), labels, au_columns)
         improved = val_scores["f1_mean"] > state["best_f1"]
@@ -301,6 +318,14 @@ def train(args: TrainArguments) -> dict:
             "train_images_per_s": seen / train_seconds,
             "data_wait_share": data_wait / train_seconds,
         }
+        attention = health.compute(reduce=lambda t: accelerator.reduce(t, reduction="sum"))
+        if attention:
+            if text_parameters:
+                attention["text_path_grad_norm"] = (
+                    accelerator.reduce(text_grad_sum, reduction="mean").item() / max(1, steps_per_epoch)
+                )
+            record.update(attention)
+            record["attention_collapsed"] = warn_if_collapsed(attention, epoch) if main else False
         state["history"].append(record)
         state["epoch"] = epoch
         if improved:
@@ -310,7 +335,13 @@ def train(args: TrainArguments) -> dict:
         if main:
             print(
                 f"epoch {epoch}: train loss {train_loss:.4f}, val mean F1 {val_scores['f1_mean']:.1f}"
-                f"{' (best)' if improved else ''}, {record['train_images_per_s']:.0f} img/s",
+                f"{' (best)' if improved else ''}, {record['train_images_per_s']:.0f} img/s"
+                + (
+                    f"; AU embedding cosine {record['au_embedding_cosine']:.3f}, AU map TV {record['au_map_tv']:.3f}, "
+                    f"dead maps {100 * record['dead_map_share']:.1f}%"
+                    if "au_map_tv" in record
+                    else ""
+                ),
                 flush=True,
             )
             with log_file.open("a", encoding="utf-8") as handle:
