@@ -35,6 +35,8 @@ def _results_table(results: dict | None) -> str:
 def _head_sentence(config) -> str:
     if getattr(config, "model_type", "sevnet") == "resnet":
         return "(this baseline) average pooling and one linear output per AU replace the attention."
+    if getattr(config, "model_type", "sevnet") == "mlgcn":
+        return "(this baseline) the GCN's node outputs serve as per-AU linear classifiers of the pooled map."
     if not getattr(config, "shared_classifier", True):
         return "one linear classifier per AU scores its attended features (not the paper's shared classifier)."
     if getattr(config, "classifier_per_au_bias", False):

@@ -53,3 +53,22 @@ def test_push_names_what_an_incomplete_folder_lacks(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="preprocessor_config.json.*safetensors.*modeling_"):
         check_model_folder(tmp_path)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_model_card_describes_the_head_and_departures_from_the_config_with_no_machine_path(shared, tmp_path):
+    from sevnet_hf import SEVNetConfig
+
+    config = SEVNetConfig(
+        shared_classifier=shared, backbone_output_stride=16, au_diversity_weight=1.0, text_encoder=str(tmp_path / "enc")
+    )
+    history = [{"epoch": 3, "au_embedding_cosine": 0.08, "au_map_tv": 0.6, "dead_map_share": 0.0}]
+    text = render_model_card(config, {"history": history})
+    assert str(tmp_path) not in text and "/enc" in text  # the folder's name only
+    assert ("one shared linear classifier (Eq. 7) scores every AU" in text) is shared
+    assert ("one linear classifier per AU" in text) is not shared
+    assert "output stride 16" in text and "`au_diversity_weight = 1`" in text
+    assert "The paper's configuration: `shared_classifier=True`" in text
+    assert "cosine of the AU embeddings 0.080" in text and "AU embeddings apart" in text
+    strict = render_model_card(SEVNetConfig(au_diversity_weight=0.0))
+    assert "This is the paper's configuration." in strict and "the paper's loss alone" in strict

@@ -61,6 +61,7 @@ def test_per_au_classifier_option():
 
 
 def test_unknown_labels_are_left_out_of_the_loss(tiny_model):
+    tiny_model.config.au_diversity_weight = 0.0  # Eq. 7 alone (the diversity term: test_attention_health.py)
     x = images()
     logits = tiny_model(x).logits
     labels = torch.tensor([[1, 0, 9, -1, 1], [0, -1, 1, 0, 9], [1, 1, 0, 0, 0]], dtype=torch.float)

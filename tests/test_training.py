@@ -128,6 +128,39 @@ def test_resume_after_first_epoch_matches_an_uninterrupted_run(prepared, tiny_te
     assert history == [1, 2]  # the resumed run did not redo epoch 1
 
 
+def test_resumed_run_ends_on_the_last_epoch_weights_and_losses_of_an_uninterrupted_one(
+    prepared, tiny_text_encoder_dir, tmp_path
+):
+    # The saved model is the best epoch's, which can hide a resume that trained later epochs on the wrong order:
+    # compare the last epoch's checkpoint and every epoch's training loss instead. learning_rate 0 would not do.
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(run_args(prepared, tiny_text_encoder_dir, straight, epochs=3))
+    train(run_args(prepared, tiny_text_encoder_dir, resumed, epochs=3, stop_after_epochs=1))
+    train(run_args(prepared, tiny_text_encoder_dir, resumed, epochs=3, resume=True))
+    a = weights(straight / "checkpoints" / "epoch_3")
+    b = weights(resumed / "checkpoints" / "epoch_3")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    def losses(folder):
+        return [json.loads(line)["train_loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(straight) == losses(resumed) and len(losses(resumed)) == 3
+
+
+def test_metrics_file_has_each_epoch_once_after_a_kill_between_metrics_and_checkpoint(
+    prepared, tiny_text_encoder_dir, tmp_path
+):
+    import shutil
+
+    train(run_args(prepared, tiny_text_encoder_dir, tmp_path, epochs=3, stop_after_epochs=2))
+    # As if killed after epoch 2's metrics line but before its checkpoint was complete.
+    shutil.rmtree(tmp_path / "checkpoints" / "epoch_2")
+    train(run_args(prepared, tiny_text_encoder_dir, tmp_path, epochs=3, resume=True))
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_once(
     prepared, tiny_text_encoder_dir, tmp_path

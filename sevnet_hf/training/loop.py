@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..atomic_io import save_atomic, write_json_atomic
+from ..atomic_io import save_atomic, write_json_atomic, write_text_atomic
 from ..data.decoded_cache import build_decoded_cache, number_rows
 from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
 from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
@@ -263,7 +263,9 @@ def train(args: TrainArguments) -> dict:
         if state["epochs_without_improvement"] >= args.patience > 0:
             stopped_early = True
             break
-        sampler.set_epoch(epoch)
+        # Through the prepared loader: Accelerate's iterator calls set_epoch(its own counter) on the sampler, and
+        # that counter restarts at 0 in a resumed run, which would replay epoch 1's order (measured before this fix).
+        train_loader.set_epoch(epoch)
         set_seed(args.seed * 1000 + epoch, device_specific=True)  # dropout + augmentation depend on (seed, epoch)
         model.train()
         bar = tqdm(
@@ -344,8 +346,9 @@ def train(args: TrainArguments) -> dict:
                 ),
                 flush=True,
             )
-            with log_file.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            # The whole history, atomically: a run killed after this write and resumed from the previous epoch's
+            # checkpoint rewrites the file from that checkpoint's history, so no epoch appears twice.
+            write_text_atomic(log_file, "".join(json.dumps(r) + "\n" for r in state["history"]))
             if improved:
                 _save_model_atomic(accelerator.unwrap_model(model), processor, output_dir / BEST_DIR)
         accelerator.log(_tracker_scalars(record), step=epoch)  # trackers log on the main process only
@@ -475,15 +478,48 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None, dataclass_type=TrainArguments):
-    """Parse command-line flags, or a single JSON/YAML file holding them."""
+    """Parse command-line flags, or a JSON/YAML file of them followed by flags that override it.
+
+    ``sevnet-hf train examples/paper_strict.yaml --dataset prepared/bp4d``: the file's keys are the flags' names; a
+    mapping (e.g. ``config_overrides``) is passed on as JSON. An unknown key is an error naming the file and the key.
+    """
+    import dataclasses
+
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_type)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        return loader(argv[0])[0]
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = _file_flags(Path(argv[0]), {f.name for f in dataclasses.fields(dataclass_type)}) + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)[0]
+
+
+def _file_flags(path: Path, known: set[str]) -> list[str]:
+    """The flags a JSON/YAML arguments file stands for."""
+    if not path.is_file():
+        raise SystemExit(f"error: arguments file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: {path} must hold a mapping of argument names to values, got {type(values).__name__}")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    flags = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        flags += [f"--{key}", str(value)]
+    return flags
 
 
 def main(argv: list[str] | None = None) -> int:
