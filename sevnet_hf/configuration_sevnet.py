@@ -68,7 +68,7 @@ class SEVNetConfig(PretrainedConfig):
             are unchanged. Why: everything after the frozen AU table is shared by all AUs, and the early gradient is
             common to them (most labels are 0), so with Eq. 7's loss alone the AU embeddings collapse into one
             direction within 25-150 Adam steps (measured: pairwise cosine 1.000, identical maps, one logit per image
-            for the shared classifier, test F1 0). With 1.0 they stay apart (cosine 0.05-0.15, map TV 0.5-0.65 on the
+            for the shared classifier, test F1 0). With 1.0 they stay apart (cosine 0.04-0.15, map TV 0.55-0.65 on the
             demo recipe). 0 is the paper's loss alone (the strict-paper setting). Not used by the baselines.
         aus (`list[int]`, *optional*, defaults to the 12 BP4D AUs):
             AU numbers in output order; sets `id2label` (`AU1`, ...). Ignored when `id2label` is given.
