@@ -102,6 +102,13 @@ def _attention_health(results: dict | None) -> str:
     )
 
 
+def _validation_text(results: dict) -> str:
+    value = results.get("validation_f1_mean")
+    if value is None:
+        return "no validation subjects: the last epoch was kept"
+    return f"validation mean F1 {value:.1f}"
+
+
 def _public_name(name: str) -> str:
     """A Hub id as it is; a local folder by its last part only (a card holds no path of the machine it was made on)."""
     text = str(name)
@@ -125,7 +132,7 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
     protocol = (
         f"{results.get('fold_name', 'fold ?')}; subject-exclusive; occurrence = sigmoid >= 0.5; per-AU F1 with TP/FP/FN "
         f"accumulated over the whole test part, unknown labels ignored. Best epoch {results.get('best_epoch', '?')} of "
-        f"{results.get('epochs_run', '?')} (validation mean F1 {results.get('validation_f1_mean', float('nan')):.1f})."
+        f"{results.get('epochs_run', '?')} ({_validation_text(results)})."
         if results
         else "Not recorded."
     )

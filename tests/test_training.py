@@ -161,6 +161,21 @@ def test_metrics_file_has_each_epoch_once_after_a_kill_between_metrics_and_check
     assert epochs == [1, 2, 3]
 
 
+def test_val_fraction_zero_trains_without_early_stopping_and_keeps_the_last_epoch(
+    prepared, tiny_text_encoder_dir, tmp_path, capsys
+):
+    results = train(run_args(prepared, tiny_text_encoder_dir, tmp_path, val_fraction=0.0, epochs=2, patience=1))
+    assert "early stopping is off and the last epoch's model is kept" in capsys.readouterr().out
+    assert results["images"]["validation"] == 0 and results["validation_f1_mean"] is None
+    assert results["epochs_run"] == 2 and results["best_epoch"] == 2 and not results["stopped_early"]
+    final, last = weights(tmp_path / "model"), weights(tmp_path / "checkpoints" / "epoch_2")
+    for key in final:
+        torch.testing.assert_close(final[key], last[key], rtol=0, atol=0, msg=key)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_f1_mean"] for r in records] == [None, None] and all("au_map_tv" in r for r in records)
+    assert "the last epoch was kept" in (tmp_path / "model" / "README.md").read_text()
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_once(
     prepared, tiny_text_encoder_dir, tmp_path

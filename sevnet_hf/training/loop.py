@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from ..atomic_io import save_atomic, write_json_atomic, write_text_atomic
 from ..data.decoded_cache import build_decoded_cache, number_rows
@@ -104,7 +104,7 @@ def _tracker_scalars(record: dict) -> dict:
     scalars = {
         (f"attention/{k}" if k in ATTENTION_KEYS else k): float(v) if isinstance(v, bool) else v
         for k, v in record.items()
-        if k not in ("epoch", "val_f1")
+        if k not in ("epoch", "val_f1") and v is not None
     }
     scalars.update({f"val_f1/{name}": value for name, value in record["val_f1"].items()})
     return scalars
@@ -225,7 +225,19 @@ def train(args: TrainArguments) -> dict:
         parts["train"], batch_size=args.batch_size, sampler=sampler, drop_last=False, **loader_kwargs
     )
     eval_batch = args.eval_batch_size or args.batch_size
-    val_loader = DataLoader(parts["validation"], batch_size=eval_batch, shuffle=False, **loader_kwargs)
+    validating = len(parts["validation"]) > 0
+    if not validating:
+        if len(parts["train"]) == 0:
+            raise ValueError(f"{args.dataset}: fold {args.fold} has no training images; check the subject parts")
+        if main:
+            print(
+                "No validation subjects (--val_fraction 0): early stopping is off and the last epoch's model is kept; "
+                "attention health is measured on the first 256 training faces instead.",
+                flush=True,
+            )
+    # Without validation subjects the loader only feeds the attention-health statistics (no F1, no selection).
+    val_source = parts["validation"] if validating else Subset(parts["train"], range(min(256, len(parts["train"]))))
+    val_loader = DataLoader(val_source, batch_size=eval_batch, shuffle=False, **loader_kwargs)
     test_loader = DataLoader(parts["test"], batch_size=eval_batch, shuffle=False, **loader_kwargs)
 
     optimizer = torch.optim.Adam(
@@ -309,8 +321,11 @@ def train(args: TrainArguments) -> dict:
         health = AttentionHealth()
         probabilities, labels = predict_loader(model, val_loader, augment, accelerator, health=health)
         thresholds = accelerator.unwrap_model(model).config.decision_thresholds
-        val_scores = au_f1_scores(probabilities_to_predictions(probabilities, thresholds), labels, au_columns)
-        improved = val_scores["f1_mean"] > state["best_f1"]
+        if validating:
+            val_scores = au_f1_scores(probabilities_to_predictions(probabilities, thresholds), labels, au_columns)
+            improved = val_scores["f1_mean"] > state["best_f1"]
+        else:  # every epoch replaces the kept model: the last one is tested
+            val_scores, improved = {"f1_mean": None, "f1": {}}, True
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -331,13 +346,15 @@ def train(args: TrainArguments) -> dict:
         state["history"].append(record)
         state["epoch"] = epoch
         if improved:
-            state.update(best_f1=val_scores["f1_mean"], best_epoch=epoch, epochs_without_improvement=0)
+            state.update(best_f1=val_scores["f1_mean"] if validating else -1.0, best_epoch=epoch)
+            state["epochs_without_improvement"] = 0
         else:
             state["epochs_without_improvement"] += 1
         if main:
             print(
-                f"epoch {epoch}: train loss {train_loss:.4f}, val mean F1 {val_scores['f1_mean']:.1f}"
-                f"{' (best)' if improved else ''}, {record['train_images_per_s']:.0f} img/s"
+                f"epoch {epoch}: train loss {train_loss:.4f}, "
+                + (f"val mean F1 {val_scores['f1_mean']:.1f}" if validating else "no validation")
+                + f"{' (best)' if improved and validating else ''}, {record['train_images_per_s']:.0f} img/s"
                 + (
                     f"; AU embedding cosine {record['au_embedding_cosine']:.3f}, AU map TV {record['au_map_tv']:.3f}, "
                     f"dead maps {100 * record['dead_map_share']:.1f}%"
@@ -384,7 +401,7 @@ def train(args: TrainArguments) -> dict:
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "stopped_early": stopped_early,
-        "validation_f1_mean": state["best_f1"],
+        "validation_f1_mean": state["best_f1"] if validating else None,
         "test": test_scores,
         "test_images_evaluated": int(len(labels)),
         "process": {"index": accelerator.process_index, "count": accelerator.num_processes},
@@ -468,9 +485,11 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h["val_f1_mean"] for h in history], "s-", color="tab:orange", label="validation mean F1")
-    ax2.set_ylabel("validation mean F1 (%)", color="tab:orange")
+    if any(h.get("val_f1_mean") is not None for h in history):
+        ax2 = ax1.twinx()
+        values = [np.nan if h.get("val_f1_mean") is None else h["val_f1_mean"] for h in history]
+        ax2.plot(epochs, values, "s-", color="tab:orange", label="validation mean F1")
+        ax2.set_ylabel("validation mean F1 (%)", color="tab:orange")
     ax1.set_title("Training curve")
     fig.tight_layout()
     save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100))
