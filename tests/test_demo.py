@@ -11,7 +11,7 @@ from sevnet_hf.cli import main
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
+def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     from transformers import AutoModel
 
     out = tmp_path / "demo"
@@ -37,6 +37,8 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
         "true",
     ]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Trained SEV-Net (the paper's shared classifier" in printed and "Next: sevnet-hf detect" in printed
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["photo_faces"] == 1  # the astronaut portrait: one face row
     assert 0 <= summary["test_f1_mean"] <= 100 and 0 < summary["frequency_prior_f1_mean"] < 100

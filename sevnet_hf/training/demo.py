@@ -231,16 +231,38 @@ def run(args: DemoArguments) -> dict:
         "training_curve": str(out / "train" / "training_curve.png"),
         "attention_figure": str(attention_png),
         "photo_faces": int(len(frame)),
+        "photo_csv": str(out / "photo_aus.csv"),
         "seconds": time.perf_counter() - started,
         "table": table,
     }
     write_json_atomic(out / "demo_summary.json", summary)
-    print(
-        f"Done in {summary['seconds']:.0f} s: test mean F1 {summary['test_f1_mean']:.1f} vs frequency prior "
-        f"{summary['frequency_prior_f1_mean']:.1f}. Model: {model_dir}",
-        flush=True,
-    )
+    print(closing_lines(summary, results, args), flush=True)
     return summary
+
+
+def closing_lines(summary: dict, results: dict, args: DemoArguments) -> str:
+    """What the demo did, what it found, where its outputs are, and what to run next, in words."""
+    head = "the paper's shared classifier" if args.shared_classifier else "one classifier per AU"
+    images, subjects = results["images"], results["subjects"]
+    baselines = "".join(f", {label} {value:.1f}" for label, value in summary["baselines_f1_mean"].items())
+    model_dir = summary["model_dir"]
+    return "\n".join(
+        [
+            f"Done in {summary['seconds']:.0f} s. Trained SEV-Net ({head}, a randomly initialised resnet18 at output "
+            f"stride {args.backbone_output_stride}, the offline MiniLM sentence encoder in place of the paper's "
+            f"BERT-Large) on {images['train']} synthetic cartoon faces of {len(subjects['train'])} subjects.",
+            f"On {images['test']} faces of {len(subjects['test'])} unseen subjects: test mean F1 "
+            f"{summary['test_f1_mean']:.1f}{baselines}, frequency prior {summary['frequency_prior_f1_mean']:.1f}, "
+            f"always present {summary['all_present_f1_mean']:.1f}. AU maps differ by TV {summary['test_map_tv']:.2f}; "
+            f"attention mass in the AUs' regions {summary['test_mass_over_uniform']:.2f}x uniform"
+            + (" (the AU embeddings collapsed: see the warning)." if summary["attention_collapsed"] else "."),
+            f"Model: {model_dir}  Figures: {summary['attention_figure']}, {summary['training_curve']}  "
+            f"Photo rows: {summary['photo_csv']}",
+            "Next: sevnet-hf detect photo.jpg --model " + model_dir + " --output aus.csv | "
+            "sevnet-hf prepare bp4d --root /data/BP4D --output prepared/bp4d && sevnet-hf train --dataset "
+            "prepared/bp4d | sevnet-hf push " + model_dir + " --repo_id you/sevnet-demo",
+        ]
+    )
 
 
 def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, text_encoder: str):
