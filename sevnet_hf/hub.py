@@ -142,6 +142,14 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
             "- Trained on the synthetic AU faces of sevnet-hf (rendered cartoons), not on human-coded video: "
             "a pipeline check and demo model, not a detector for real faces."
         )
+    if config.model_type == "sevnet":
+        extra += ("\n" if extra else "") + (
+            "- What this package has measured of SEV-Net's attention (synthetic demo set, random resnet18, about 1,000 "
+            "CPU steps, 3 seeds): with the diversity term the AU maps differ (mean TV 0.58 between two AUs' maps) "
+            "but sit only 0.84-1.21x as much inside the AUs' regions as a uniform map, rare AUs' maps look away from "
+            "their regions, and mean F1 is 28.8 against 27.7 for a ResNet-18 baseline; without the term the maps are "
+            "identical. No run on BP4D, DISFA or BP4D+ has been made with this package yet."
+        )
     dataset_ids = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "synthetic": "sevnet-hf-synthetic-au-faces"}
     values = {
         "title": f"{'SEV-Net' if config.model_type == 'sevnet' else config.model_type} AU detector "
