@@ -147,8 +147,8 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
             "- What this package has measured of SEV-Net's attention (synthetic demo set, random resnet18, about 1,000 "
             "CPU steps, 3 seeds): with the diversity term the AU maps differ (mean TV 0.58 between two AUs' maps) "
             "but sit only 0.84-1.21x as much inside the AUs' regions as a uniform map, rare AUs' maps look away from "
-            "their regions, and mean F1 is 28.8 against 27.7 for a ResNet-18 baseline; without the term the maps are "
-            "identical. No run on BP4D, DISFA or BP4D+ has been made with this package yet."
+            "their regions, and mean F1 is within 2 points of a ResNet-18 baseline's (28.8 vs 27.7; either ahead on some "
+            "seeds); without the term the maps are identical. No run on BP4D, DISFA or BP4D+ has been made with this package yet."
         )
     dataset_ids = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "synthetic": "sevnet-hf-synthetic-au-faces"}
     values = {
