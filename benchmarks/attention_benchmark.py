@@ -33,7 +33,13 @@ from common import machine_description, pick_device, write_json  # noqa: E402
 def run_one(model_type: str, seed: int, dataset: Path, workdir: Path, epochs: int | None) -> dict:
     from sevnet_hf.data.schema import read_metadata
     from sevnet_hf.offline_assets import minilm_encoder_path
-    from sevnet_hf.training.demo import DemoArguments, _attention_on_test, _test_part, demo_train_arguments
+    from sevnet_hf.training.demo import (
+        DemoArguments,
+        _attention_on_test,
+        _test_part,
+        demo_train_arguments,
+        load_trained,
+    )
     from sevnet_hf.training.loop import train
 
     demo = DemoArguments(seed=seed, progress=False, **({"epochs": epochs} if epochs else {}))
@@ -56,7 +62,7 @@ def run_one(model_type: str, seed: int, dataset: Path, workdir: Path, epochs: in
     if "au_map_tv" in last:
         metadata = read_metadata(dataset)
         attention = _attention_on_test(
-            Path(args.output_dir) / "model",
+            *load_trained(Path(args.output_dir) / "model"),
             _test_part(dataset, results),
             list(metadata["au_columns"]),
             int(metadata.get("image_size", 256)),

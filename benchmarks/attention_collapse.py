@@ -33,13 +33,7 @@ def run(dataset: str, weight: float, steps: int, every: int, seed: int, stride: 
     from sevnet_hf.data.transforms import AUImageDataset, DeviceAugment
     from sevnet_hf.metrics import au_f1_scores, probabilities_to_predictions
     from sevnet_hf.offline_assets import minilm_encoder_path
-    from sevnet_hf.training.attention_health import (
-        dead_maps,
-        grad_norm,
-        pairwise_cosine,
-        pairwise_map_tv,
-        text_path_parameters,
-    )
+    from sevnet_hf.training.attention_health import AttentionHealth, grad_norm, text_path_parameters
 
     metadata = read_metadata(dataset)
     columns = list(metadata["au_columns"])
@@ -69,15 +63,12 @@ def run(dataset: str, weight: float, steps: int, every: int, seed: int, stride: 
         with torch.no_grad():
             out = model(augment(probe, train=False), output_attentions=True)
         model.train()
-        flat = out.cross_attentions.flatten(2)
-        entropy = -(flat.clamp_min(1e-12) * flat.clamp_min(1e-12).log()).sum(-1) / np.log(flat.shape[-1])
+        statistics = AttentionHealth()
+        statistics.update(out)
         return {
             "step": step,
             "loss": loss,
-            "au_embedding_cosine": float(pairwise_cosine(out.au_embeddings)),
-            "au_map_tv": float(pairwise_map_tv(out.cross_attentions).mean()),
-            "dead_map_share": float(dead_maps(out.visual_features, out.au_embeddings).float().mean()),
-            "attention_entropy": float(entropy.mean()),
+            **statistics.compute(),
             "logit_spread_across_aus": float(out.logits.std(1).mean()),
             "text_path_grad_norm": text_grad,
             "seconds": seconds,

@@ -112,18 +112,23 @@ def masked_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (per_label * mask).sum() / logits.shape[0]
 
 
+def mean_pairwise_cosine(embeddings: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """Mean of cos^power between the rows of ``embeddings`` (N x d) over the N (N - 1) ordered pairs of different
+    rows; 0 for a single row."""
+    count = embeddings.shape[0]
+    if count < 2:
+        return embeddings.new_zeros(())
+    unit = F.normalize(embeddings.float(), dim=-1)
+    cosine = (unit @ unit.t()).pow(power)
+    return (cosine.sum() - cosine.diagonal().sum()) / (count * (count - 1))
+
+
 def au_embedding_similarity(au_embeddings: torch.Tensor) -> torch.Tensor:
     """Mean squared cosine between the projected embeddings of different AUs (0: orthogonal, 1: collapsed).
 
     The regulariser of ``au_diversity_weight``: it keeps the AU vectors apart so Eq. 4 gives each AU its own map.
     """
-    count = au_embeddings.shape[0]
-    if count < 2:
-        return au_embeddings.new_zeros(())
-    unit = F.normalize(au_embeddings.float(), dim=-1)
-    cosine = unit @ unit.t()
-    off_diagonal = cosine.pow(2).sum() - cosine.diagonal().pow(2).sum()
-    return off_diagonal / (count * (count - 1))
+    return mean_pairwise_cosine(au_embeddings, power=2)
 
 
 def cross_modality_attention(

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling_sevnet import mean_pairwise_cosine
+
 # Mean pairwise cosine of the AU embeddings at or above which they count as collapsed. Measured: a collapsed run sits
 # at 1.000 (3 decimals) with TV 0.000 between AU maps; the demo recipe with the diversity term sits at 0.04-0.15.
 COLLAPSE_COSINE = 0.98
@@ -45,12 +47,7 @@ class AttentionCollapseWarning(UserWarning):
 
 def pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
     """Mean cosine between the rows of ``embeddings`` (N x d) over the N (N - 1) ordered pairs of different rows."""
-    count = embeddings.shape[0]
-    if count < 2:
-        return embeddings.new_zeros(())
-    unit = F.normalize(embeddings.float(), dim=-1)
-    cosine = unit @ unit.t()
-    return (cosine.sum() - cosine.diagonal().sum()) / (count * (count - 1))
+    return mean_pairwise_cosine(embeddings)
 
 
 def pairwise_map_tv(maps: torch.Tensor) -> torch.Tensor:

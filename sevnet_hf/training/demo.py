@@ -106,15 +106,19 @@ def figure_faces(dataset, au_columns: list[str], count: int = 3) -> list[int]:
     return chosen
 
 
-def _attention_figure(model_dir: Path, test, au_columns: list[str], path: Path, count: int = 3) -> None:
+def load_trained(model_dir: Path):
+    """``(model in eval mode, image processor)`` of a saved training run."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    return AutoModel.from_pretrained(model_dir).eval(), AutoImageProcessor.from_pretrained(model_dir)
+
+
+def _attention_figure(model, processor, test, au_columns: list[str], path: Path, count: int = 3) -> None:
     """Attention maps of the trained model on a few test faces (the paper's Fig. 4)."""
     import torch
-    from transformers import AutoImageProcessor, AutoModel
 
     from ..inference.overlay import attention_grid, model_view
 
-    model = AutoModel.from_pretrained(model_dir).eval()
-    processor = AutoImageProcessor.from_pretrained(model_dir)
     panels = []
     for index in figure_faces(test, au_columns, count):
         face = np.asarray(test[index]["image"].convert("RGB"))
@@ -143,14 +147,10 @@ def _test_part(data_dir: Path, results: dict):
     return dataset.select([i for i, s in enumerate(dataset["subject"]) if s in test_subjects])
 
 
-def _attention_on_test(model_dir: Path, test, au_columns: list[str], aligned_size: int, faces: int = 384) -> dict:
+def _attention_on_test(model, processor, test, au_columns: list[str], aligned_size: int, faces: int = 384) -> dict:
     """Map diversity and localisation of the trained model on ``faces`` test faces spread over the test subjects."""
-    from transformers import AutoImageProcessor, AutoModel
-
     from .attention_analysis import attention_summary
 
-    model = AutoModel.from_pretrained(model_dir).eval()
-    processor = AutoImageProcessor.from_pretrained(model_dir)
     step = max(1, len(test) // faces)
     spread = test.select(range(0, len(test), step))
     return attention_summary(model, processor, spread, au_columns, max_images=faces, aligned_size=aligned_size)
@@ -194,7 +194,8 @@ def run(args: DemoArguments) -> dict:
     metadata = read_metadata(data_dir)
     au_columns = list(metadata["au_columns"])
     test = _test_part(data_dir, results)
-    attention = _attention_on_test(model_dir, test, au_columns, int(metadata.get("image_size", 256)))
+    model, processor = load_trained(model_dir)
+    attention = _attention_on_test(model, processor, test, au_columns, int(metadata.get("image_size", 256)))
     print(
         f"AU maps of a face differ by a mean total variation of {attention['map_tv']:.2f} (0: identical); attention "
         f"mass inside the AU's region is {attention['mass_over_uniform']:.2f}x a uniform map's "
@@ -202,7 +203,7 @@ def run(args: DemoArguments) -> dict:
         flush=True,
     )
     attention_png = out / "attention_maps.png"
-    _attention_figure(model_dir, test, au_columns, attention_png)
+    _attention_figure(model, processor, test, au_columns, attention_png)
 
     print("[5/5] Detector on a public-domain photo", flush=True)
     from ..inference.detect import AUDetector
