@@ -225,7 +225,7 @@ def push(args: PushArguments) -> str:
         raise ConnectionError(
             f"Could not upload {folder} to {args.repo_id}: {type(err).__name__}: {err}. "
             + ("HF_HUB_OFFLINE=1 is set; unset it and " if offline else "Check the network and ")
-            + "log in with `huggingface-cli login` (or pass --token). Nothing was changed locally."
+            + "log in with `hf auth login` (or pass --token). Nothing was changed locally."
         ) from err
     return str(getattr(info, "commit_url", args.repo_id))
 

