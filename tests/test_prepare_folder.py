@@ -106,6 +106,42 @@ def test_folder_with_landmark_columns_parts_file_and_resume(tmp_path):
     assert report["units_reused"] == 2 and report["num_frames"] == 6
 
 
+def _landmarked_folder(tmp_path: Path, subjects: int, per_subject: int = 2) -> tuple[Path, list[str], list[list]]:
+    """Drawn faces with 5-point landmark columns (no detection), ``per_subject`` images for each subject."""
+    images = tmp_path / "images"
+    header = ["path", "subject", "AU1", "AU2"] + [f"{axis}{i}" for i in range(5) for axis in "xy"]
+    rows = []
+    for index in range(subjects * per_subject):
+        image, points = _drawn_face(index)
+        _write_rgb(images / f"img{index}.png", image)
+        rows.append([f"img{index}.png", f"s{index // per_subject}", index % 2, 1, *points.ravel().round(3)])
+    return images, header, rows
+
+
+def test_editing_the_labels_prepares_the_changed_units_again(tmp_path):
+    images, header, rows = _landmarked_folder(tmp_path, subjects=8)
+    labels = tmp_path / "labels.csv"
+    argv = ["--images", str(images), "--labels", str(labels), "--output", str(tmp_path / "out"), "--quiet", "true"]
+    _write_csv(labels, header, rows)
+    assert folder.main(argv) == 0
+    assert folder.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["units_prepared"], report["units_reused"]) == (0, 8)
+    flipped = [rows[0][:2] + [1 - rows[0][2]] + rows[0][3:]]
+    _write_csv(labels, header, flipped + rows[1:5] + rows[6:])  # s0's first AU1 flipped, s2's second row deleted
+    assert folder.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["units_prepared"], report["units_reused"]) == (2, 6) and report["num_frames"] == 15
+    table = load_prepared(tmp_path / "out").remove_columns("image").to_list()
+    assert [(r["source"], r["AU1"]) for r in table[:2]] == [("img0.png", 1), ("img1.png", 1)]
+    assert [r["source"] for r in table if r["subject"] == "s2"] == ["img4.png"]
+    # A replaced image (same name, new pixels) counts as an edit too.
+    _write_rgb(images / "img7.png", _drawn_face(99)[0])
+    assert folder.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["units_prepared"], report["units_reused"]) == (1, 7)
+
+
 def test_landmark_json_file(tmp_path):
     images = tmp_path / "images"
     table = {}

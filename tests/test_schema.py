@@ -207,6 +207,54 @@ def test_resume_after_an_interruption(tmp_path):
     assert calls == {"A": 2, "B": 3, "C": 2}
 
 
+def test_a_unit_whose_inputs_changed_is_prepared_again(tmp_path):
+    # A unit's third item describes what it reads; the shard is reused only while that description is unchanged.
+    from sevnet_hf.data.schema import input_signature
+
+    labels = {"S1": [{1: 1}, {1: 0}], "S2": [{1: 0}, {1: 1}]}
+    calls = {"S1": 0, "S2": 0}
+
+    def unit(subject):
+        def thunk():
+            calls[subject] += 1
+            yield from _records(subject, "T1", labels[subject])
+
+        return (subject, thunk, lambda: input_signature(data=labels[subject]))
+
+    def run():
+        return _prepare([unit("S1"), unit("S2")], tmp_path)
+
+    run()
+    assert run().units_reused == 2 and calls == {"S1": 1, "S2": 1}
+    labels["S1"][0] = {1: 0}  # a flipped label
+    labels["S2"] = labels["S2"][:1]  # a deleted row
+    report = run()
+    assert (report.units_prepared, report.units_reused) == (2, 0) and calls == {"S1": 2, "S2": 2}
+    dataset = load_prepared(tmp_path)
+    assert dataset["AU1"] == [0, 0, 0] and dataset["subject"] == ["S1", "S1", "S2"]
+    labels["S2"].append({1: 1})
+    report = run()
+    assert (report.units_prepared, report.units_reused) == (1, 1) and calls == {"S1": 2, "S2": 3}
+
+
+def test_input_signature_covers_file_contents_by_size_and_time(tmp_path):
+    import os
+
+    from sevnet_hf.data.schema import input_signature
+
+    file = tmp_path / "labels.csv"
+    file.write_text("a,1\n")
+    first = input_signature(data={"offset": 0}, files=[file])
+    assert input_signature(data={"offset": 0}, files=[file]) == first
+    assert input_signature(data={"offset": 1}, files=[file]) != first
+    file.write_text("a,0\n")
+    os.utime(file, ns=(1, 1))
+    second = input_signature(data={"offset": 0}, files=[file])
+    assert second != first
+    file.unlink()
+    assert input_signature(data={"offset": 0}, files=[file]) not in (first, second)  # a missing file counts too
+
+
 def test_subject_missing_from_partition_stops_at_that_unit(tmp_path):
     units = [("a", lambda: iter(_records("S1", "T1", [{1: 1}]))), ("b", lambda: iter(_records("X9", "T1", [{1: 1}])))]
     with pytest.raises(ValueError, match=r"unit 'b': subject 'X9' is not in the partition 'test parts'"):

@@ -1,12 +1,16 @@
 """The prepared-dataset schema shared by every AU dataset (BP4D, DISFA, BP4D+, folders, synthetic).
 
 A reader turns its source layout into *units* (one video, task or subject each): ``(unit_id, thunk)`` pairs where
-``thunk()`` yields :class:`FrameRecord`. :func:`prepare_dataset` aligns every frame, writes one shard per unit and
-then assembles the Hugging Face dataset. On disk, under ``out_dir``:
+``thunk()`` yields :class:`FrameRecord`, or ``(unit_id, thunk, inputs)`` triples where ``inputs`` (a string, or a
+callable returning one, e.g. :func:`input_signature`) describes everything the unit reads: its label rows, the files
+it opens, reader settings that change its records. :func:`prepare_dataset` aligns every frame, writes one shard per
+unit and then assembles the Hugging Face dataset. On disk, under ``out_dir``:
 
 - ``shards/<unit_id>.arrow``: one Arrow stream per finished unit, written to a temporary name and renamed, so a
   shard that exists is complete. Its schema metadata holds the unit's counts, faces not found and errors, and a
-  fingerprint of the settings; a rerun skips every unit whose shard exists with the same fingerprint.
+  fingerprint of the settings and of the unit's ``inputs``; a rerun skips every unit whose shard exists with the same
+  fingerprint and prepares again a unit whose labels or files changed. A unit given without ``inputs`` is reused
+  whatever changed in its source (only the settings are compared).
 - ``dataset/``: the assembled dataset (``Dataset.save_to_disk``), rebuilt from the shards on every run.
 - ``metadata.json`` (also in ``dataset.info.description``) and ``report.json``.
 
@@ -302,8 +306,11 @@ def _intensity_values(intensities: Mapping | None) -> dict[int, float]:
     return values
 
 
-def _prepare_unit(unit_id: str, thunk: Callable[[], Iterable[FrameRecord]], settings: _Settings) -> dict:
-    """Align every frame of one unit and write its shard atomically; return the unit summary."""
+def _prepare_unit(
+    unit_id: str, thunk: Callable[[], Iterable[FrameRecord]], settings: _Settings, fingerprint: str
+) -> dict:
+    """Align every frame of one unit and write its shard atomically; return the unit summary (``fingerprint``: of
+    the settings and the unit's inputs, stored so a rerun can tell whether the shard is current)."""
     import cv2
     import pyarrow as pa
 
@@ -394,7 +401,7 @@ def _prepare_unit(unit_id: str, thunk: Callable[[], Iterable[FrameRecord]], sett
         "errors": errors,
         "aligned_from": aligned_from,
         "seconds": round(time.time() - started, 3),
-        "fingerprint": settings.fingerprint,
+        "fingerprint": fingerprint,
     }
     table = pa.table(table_columns)
     table = table.cast(_features_for(table.schema).arrow_schema)
@@ -440,8 +447,8 @@ _FORK_STATE: dict[str, Any] = {}
 
 
 def _run_forked_unit(index: int) -> dict:
-    unit_id, thunk = _FORK_STATE["units"][index]
-    return _prepare_unit(unit_id, thunk, _FORK_STATE["settings"])
+    unit_id, thunk, fingerprint = _FORK_STATE["units"][index]
+    return _prepare_unit(unit_id, thunk, _FORK_STATE["settings"], fingerprint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,13 +468,52 @@ def _settings_fingerprint(aus: Sequence[int], align_size: int, jpeg_quality: int
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def input_signature(data: Any = None, files: Iterable[str | os.PathLike] = ()) -> str:
+    """A short hash of what one unit reads, for the third item of a unit (see the module docstring).
+
+    ``data``: JSON-able values the unit's records come from (its label rows, a frame offset; numpy arrays become
+    lists). ``files``: files it opens, each by path, size and modification time (a missing file counts as missing),
+    so an edited label file or a replaced image changes the signature without its bytes being read.
+    """
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"input_signature: {type(value).__name__} is not JSON-able; pass plain values")
+
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=plain).encode("utf-8"))
+    for file in files:
+        try:
+            stat = os.stat(file)
+            entry = f"{os.fspath(file)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        except OSError:
+            entry = f"{os.fspath(file)}\0missing\n"
+        digest.update(entry.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def _unit_fingerprint(settings_fingerprint: str, inputs: str | Callable[[], str] | None) -> str:
+    """The settings' fingerprint alone for a unit without ``inputs``, else a hash of both."""
+    if inputs is None:
+        return settings_fingerprint
+    signature = inputs() if callable(inputs) else inputs
+    return hashlib.sha1(f"{settings_fingerprint}\0{signature}".encode()).hexdigest()[:16]
+
+
 def _log(message: str, enabled: bool) -> None:
     if enabled:
         print(message, flush=True)
 
 
+Unit = tuple[str, Callable[[], Iterable[FrameRecord]]] | tuple[str, Callable[[], Iterable[FrameRecord]], Any]
+
+
 def prepare_dataset(
-    units: Iterable[tuple[str, Callable[[], Iterable[FrameRecord]]]],
+    units: Iterable[Unit],
     out_dir: str | os.PathLike,
     *,
     aus: Sequence[int],
@@ -486,8 +532,10 @@ def prepare_dataset(
     """Align, label and save a dataset; resumable unit by unit.
 
     Args:
-        units: ``(unit_id, thunk)`` pairs; ``thunk()`` yields :class:`FrameRecord`. Unit ids must be unique. A unit
-            whose shard already exists (same settings) is not run again.
+        units: ``(unit_id, thunk)`` pairs or ``(unit_id, thunk, inputs)`` triples; ``thunk()`` yields
+            :class:`FrameRecord`; ``inputs`` is a string or a callable returning one (see :func:`input_signature`)
+            that changes whenever what the unit reads changes. Unit ids must be unique. A unit whose shard already
+            exists with the same settings and inputs is not run again.
         out_dir: output folder (see the module docstring for its layout).
         aus: the dataset's AU numbers, in column order.
         source: dataset name (``"BP4D"``, ``"folder:/data/x"``).
@@ -540,14 +588,16 @@ def prepare_dataset(
 
     summaries: dict[str, dict] = {}
     order: list[str] = []
-    pending: list[tuple[str, Callable]] = []
+    pending: list[tuple[str, Callable, str]] = []
     reused = 0
 
-    def scheduled() -> Iterator[tuple[str, Callable]]:
+    def scheduled() -> Iterator[tuple[str, Callable, str]]:
         nonlocal reused
         names: dict[str, str] = {}
-        for unit_id, thunk in units:
-            unit_id = str(unit_id)
+        for unit in units:
+            if len(unit) not in (2, 3):
+                raise ValueError(f"a unit must be (unit_id, thunk) or (unit_id, thunk, inputs), got {len(unit)} items")
+            unit_id, thunk, inputs = str(unit[0]), unit[1], unit[2] if len(unit) == 3 else None
             name = _shard_name(unit_id)
             if name in names:
                 raise ValueError(
@@ -555,18 +605,22 @@ def prepare_dataset(
                 )
             names[name] = unit_id
             order.append(unit_id)
+            fingerprint = _unit_fingerprint(settings.fingerprint, inputs)
             summary = None
             shard = shard_dir / f"{name}.arrow"
             if shard.exists():
                 summary = _read_unit_summary(shard)
-                if summary is None or summary.get("fingerprint") != settings.fingerprint:
-                    _log(f"  {unit_id}: shard from other settings or unreadable; preparing again", progress)
+                if summary is None or summary.get("fingerprint") != fingerprint:
+                    _log(
+                        f"  {unit_id}: inputs or settings changed, or the shard is unreadable; preparing again",
+                        progress,
+                    )
                     summary = None
             if summary is not None:
                 summaries[unit_id] = summary
                 reused += 1
                 continue
-            yield unit_id, thunk
+            yield unit_id, thunk, fingerprint
 
     def report_unit(done: int, summary: dict) -> None:
         summaries[summary["unit_id"]] = summary
@@ -598,8 +652,8 @@ def prepare_dataset(
             _FORK_STATE.clear()
             cv2.setNumThreads(cv2_threads)
     else:
-        for done, (unit_id, thunk) in enumerate(scheduled(), 1):
-            report_unit(done, _prepare_unit(unit_id, thunk, settings))
+        for done, (unit_id, thunk, fingerprint) in enumerate(scheduled(), 1):
+            report_unit(done, _prepare_unit(unit_id, thunk, settings, fingerprint))
     if reused:
         _log(f"  reused {reused} finished units from an earlier run", progress)
 

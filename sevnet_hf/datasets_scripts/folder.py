@@ -351,9 +351,13 @@ def _attach_landmark_file(rows: list[dict], file: Path, args: FolderArguments) -
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def folder_units(table: LabelTable) -> list[tuple[str, object]]:
-    """One unit per (subject, sequence), in the order they first appear in the CSV."""
-    from sevnet_hf.data.schema import FrameRecord
+def folder_units(table: LabelTable) -> list[tuple[str, object, object]]:
+    """One unit per (subject, sequence), in the order they first appear in the CSV.
+
+    Each unit carries a signature of its rows (labels, frames, landmarks, paths) and of its image files (size and
+    modification time), so a rerun after the CSV or an image was edited prepares exactly the units that changed.
+    """
+    from sevnet_hf.data.schema import FrameRecord, input_signature
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in table.rows:
@@ -375,8 +379,13 @@ def folder_units(table: LabelTable) -> list[tuple[str, object]]:
 
         return thunk
 
+    def make_signature(members: list[dict]):
+        rows = [{key: value for key, value in row.items() if key != "line"} for row in members]
+        return lambda: input_signature(data=rows, files=[row["abs_path"] for row in members])
+
     return [
-        (f"{subject}/{sequence}" if sequence else subject, make_thunk(m)) for (subject, sequence), m in groups.items()
+        (f"{subject}/{sequence}" if sequence else subject, make_thunk(m), make_signature(m))
+        for (subject, sequence), m in groups.items()
     ]
 
 
