@@ -142,6 +142,38 @@ def test_editing_the_labels_prepares_the_changed_units_again(tmp_path):
     assert (report["units_prepared"], report["units_reused"]) == (1, 7)
 
 
+def test_semicolon_separated_labels_with_decimal_commas(tmp_path, capsys):
+    images, header, rows = _landmarked_folder(tmp_path, subjects=2)
+    header = header[:4] + ["AU1_intensity"] + header[4:]
+    rows = [row[:4] + [f"{index},5"] + [str(v).replace(".", ",") for v in row[4:]] for index, row in enumerate(rows)]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(";".join(str(cell) for cell in row) for row in [header, *rows]) + "\n")
+    argv = ["--images", str(images), "--labels", str(labels), "--output", str(tmp_path / "out")]
+    assert folder.main(argv) == 0
+    assert "cells separated by ';'" in capsys.readouterr().out
+    table = load_prepared(tmp_path / "out").remove_columns("image").to_list()
+    assert [r["AU1"] for r in table] == [0, 1, 0, 1] and [r["AU1_intensity"] for r in table] == [0.5, 1.5, 2.5, 3.5]
+    for row in table:
+        assert np.allclose(np.asarray(row["landmarks"]), CANONICAL_TEMPLATE_5PT, atol=0.01)
+
+
+def test_duplicated_rows_are_an_error_naming_both_lines(tmp_path, capsys):
+    images, header, rows = _landmarked_folder(tmp_path, subjects=2)
+    labels = _write_csv(tmp_path / "labels.csv", header, rows[:3] + [rows[0], rows[1]] + rows[3:])
+    argv = ["--images", str(images), "--labels", str(labels), "--output", str(tmp_path / "out")]
+    assert folder.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert "2 images are listed twice" in error and "line 5: img0.png (first on line 2)" in error
+    assert "line 6: img1.png (first on line 3)" in error
+    assert not (tmp_path / "out").exists()
+    header = header[:2] + ["frame"] + header[2:]
+    rows = [row[:2] + [7] + row[2:] for row in rows[:2]]  # two images of one subject, both called frame 7
+    labels = _write_csv(tmp_path / "labels.csv", header, rows)
+    assert folder.main(argv) == 2
+    assert "line 3: frame 7 of subject s0 is also on line 2" in capsys.readouterr().err
+
+
 def test_landmark_json_file(tmp_path):
     images = tmp_path / "images"
     table = {}
@@ -170,6 +202,7 @@ def test_landmark_json_file(tmp_path):
         (["path", "subject", "AU1"], ["a.png", "s", 3], r"line 2, column 'AU1': label '3' is not 0, 1"),
         (["path", "subject", "AU1"], ["a.png", "s"], "line 2: 2 cells but the header has 3"),
         (["path", "subject"], ["a.png", "s"], "no AU label columns"),
+        (["path subject AU1"], ["a.png s 1"], r"line 1: the header 'path subject AU1' is a single cell; separate"),
         (["path", "subject", "AU1", "x0", "y0"], ["a.png", "s", 1, 1, 2], "landmark columns must be"),
     ],
 )

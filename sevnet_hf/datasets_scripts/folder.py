@@ -1,6 +1,9 @@
 """``sevnet-hf prepare folder``: a folder of face images plus a CSV of AU labels -> a prepared dataset.
 
-The labels CSV has one row per image and a header. Columns (names are case-insensitive):
+The labels CSV has one row per image and a header. Cells are separated by commas, semicolons, tabs or ``|`` (found
+from the header; with semicolons or tabs a decimal comma is read too). Each image is listed once; a path listed twice
+(or one frame number given to two images of a sequence) is an error naming both lines. Columns (names are
+case-insensitive):
 
 - ``path`` (required): image path, relative to ``--images`` or absolute.
 - ``subject`` (required): person id; folds are subject-exclusive.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -41,6 +45,8 @@ from sevnet_hf.protocols import UNKNOWN_LABEL, parse_au
 _LANDMARK_COLUMN = re.compile(r"^(?:lm_|landmark_)?([xy])_?(\d+)$", re.IGNORECASE)
 _INTENSITY_COLUMN = re.compile(r"^(.+?)_(?:intensity|int|r)$", re.IGNORECASE)
 _UNKNOWN_TEXT = {"", "nan", "na", "n/a"}
+_DELIMITERS = (",", ";", "\t", "|")
+_LISTED = 5  # duplicates named in the error message
 
 
 @dataclass
@@ -100,6 +106,16 @@ class LabelTable:
     aus: list[int]
     rows: list[dict]  # path, abs_path, subject, sequence, frame, labels, intensities, landmarks, line
     landmark_points: int | None
+    delimiter: str = ","
+
+
+def sniff_delimiter(file: Path) -> str:
+    """The cell separator of a CSV file: the one of ``, ; tab |`` that splits its header into the most cells."""
+    with open(file, newline="", encoding="utf-8-sig") as handle:
+        first = handle.readline()
+    cells = {d: len(next(csv.reader([first], delimiter=d), [])) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: cells[d])  # a tie keeps the comma
+    return best if cells[best] > 1 else ","
 
 
 def _column_map(header: list[str], file: Path, args: FolderArguments) -> dict:
@@ -119,6 +135,11 @@ def _column_map(header: list[str], file: Path, args: FolderArguments) -> dict:
         if name in lowered:
             found[role] = lowered.index(name)
     for role in ("path", "subject"):
+        if role not in found and len(header) == 1:
+            raise PrepareError(
+                f"{file}, line 1: the header {header[0]!r} is a single cell; separate the cells with ',', ';', a tab "
+                "or '|'"
+            )
         if role not in found:
             raise PrepareError(
                 f"{file}, line 1: no {roles[role]!r} column in the header {header}; add it or name the column "
@@ -197,14 +218,25 @@ def _label_value(text: str, file: Path, line: int, column: str) -> int:
     )
 
 
-def _float(text: str, file: Path, line: int, column: str) -> float | None:
+def _float(text: str, file: Path, line: int, column: str, decimal_comma: bool = False) -> float | None:
     value = text.strip()
     if value.lower() in _UNKNOWN_TEXT:
         return None
+    if decimal_comma and "," in value and "." not in value:
+        value = value.replace(",", ".")
     try:
         return float(value)
     except ValueError as error:
         raise PrepareError(f"{file}, line {line}, column {column!r}: {text!r} is not a number") from error
+
+
+def _duplicates_error(file: Path, duplicates: list[tuple[int, str, int]]) -> PrepareError:
+    listed = "; ".join(f"line {line}: {path} (first on line {first})" for line, path, first in duplicates[:_LISTED])
+    more = f"; ... {len(duplicates) - _LISTED} more" if len(duplicates) > _LISTED else ""
+    return PrepareError(
+        f"{file}: {len(duplicates)} image{'s are' if len(duplicates) > 1 else ' is'} listed twice ({listed}{more}); "
+        "keep one row for each image"
+    )
 
 
 def read_label_csv(args: FolderArguments) -> LabelTable:
@@ -215,8 +247,12 @@ def read_label_csv(args: FolderArguments) -> LabelTable:
         raise FileNotFoundError(f"labels file {file} does not exist")
     if not images.is_dir():
         raise FileNotFoundError(f"images folder {images} does not exist")
+    delimiter = sniff_delimiter(file)
+    decimal_comma = delimiter != ","
+    if delimiter != "," and not args.quiet:
+        print(f"{file}: cells separated by {delimiter!r} (found from the header)", flush=True)
     with open(file, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+        reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if not header:
             raise PrepareError(f"{file}: the file is empty; the first line must be a header (path,subject,AU1,...)")
@@ -235,6 +271,9 @@ def read_label_csv(args: FolderArguments) -> LabelTable:
         lm_indices = _landmark_indices(found["lm"], file)
         rows = []
         counters: dict[tuple[str, str], int] = {}
+        path_lines: dict[str, int] = {}
+        frame_lines: dict[tuple[str, str, int], int] = {}
+        duplicates: list[tuple[int, str, int]] = []
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):
@@ -246,6 +285,11 @@ def read_label_csv(args: FolderArguments) -> LabelTable:
             if not path_text or not subject:
                 raise PrepareError(f"{file}, line {line}: the path and subject cells must not be empty")
             abs_path = Path(path_text) if Path(path_text).is_absolute() else images / path_text
+            normalized = os.path.normpath(abs_path)
+            if normalized in path_lines:
+                duplicates.append((line, path_text, path_lines[normalized]))
+                continue
+            path_lines[normalized] = line
             if "sequence" in found:
                 sequence = row[found["sequence"]].strip()
             else:
@@ -259,19 +303,29 @@ def read_label_csv(args: FolderArguments) -> LabelTable:
                     raise PrepareError(
                         f"{file}, line {line}, column {header[found['frame']]!r}: frame must be an integer"
                     ) from error
+                if (subject, sequence, frame) in frame_lines:
+                    where = f"subject {subject}" + (f", sequence {sequence}" if sequence else "")
+                    raise PrepareError(
+                        f"{file}, line {line}: frame {frame} of {where} is also on line "
+                        f"{frame_lines[subject, sequence, frame]}; give each image of a sequence its own frame number"
+                    )
+                frame_lines[subject, sequence, frame] = line
             else:
                 frame = counters.get(key, 0)
             counters[key] = counters.get(key, 0) + 1
             labels = {au: _label_value(row[found["au"][au]], file, line, header[found["au"][au]]) for au in keep}
             intensities = {}
             for au, index in found["intensity"].items():
-                value = _float(row[index], file, line, header[index])
+                value = _float(row[index], file, line, header[index], decimal_comma)
                 if value is not None:
                     intensities[au] = value
             landmarks = None
             if lm_indices is not None:
                 values = [
-                    (_float(row[x], file, line, header[x]), _float(row[y], file, line, header[y]))
+                    (
+                        _float(row[x], file, line, header[x], decimal_comma),
+                        _float(row[y], file, line, header[y], decimal_comma),
+                    )
                     for x, y in lm_indices
                 ]
                 filled = sum(v is not None for pair in values for v in pair)
@@ -292,12 +346,14 @@ def read_label_csv(args: FolderArguments) -> LabelTable:
                     "line": line,
                 }
             )
+    if duplicates:
+        raise _duplicates_error(file, duplicates)
     if not rows:
         raise PrepareError(f"{file}: the header is there but no image rows follow")
     points = len(lm_indices) if lm_indices else None
     if args.landmarks:
         points = _attach_landmark_file(rows, Path(args.landmarks), args)
-    return LabelTable(aus=keep, rows=rows, landmark_points=points)
+    return LabelTable(aus=keep, rows=rows, landmark_points=points, delimiter=delimiter)
 
 
 def _attach_landmark_file(rows: list[dict], file: Path, args: FolderArguments) -> int | None:
@@ -318,8 +374,9 @@ def _attach_landmark_file(rows: list[dict], file: Path, args: FolderArguments) -
                 raise PrepareError(f"{file}, entry {key!r}: landmarks must be 5, 49, 66 or 68 [x, y] pairs")
             table[key] = array
     else:
+        delimiter = sniff_delimiter(file)
         with open(file, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, delimiter=delimiter)
             header = next(reader, None) or []
             lowered = [h.strip().lower() for h in header]
             if args.path_column.lower() not in lowered:
@@ -339,7 +396,11 @@ def _attach_landmark_file(rows: list[dict], file: Path, args: FolderArguments) -
                 if len(row) != len(header):
                     raise PrepareError(f"{file}, line {line}: {len(row)} cells but the header has {len(header)}")
                 values = [
-                    [_float(row[x], file, line, header[x]), _float(row[y], file, line, header[y])] for x, y in indices
+                    [
+                        _float(row[x], file, line, header[x], delimiter != ","),
+                        _float(row[y], file, line, header[y], delimiter != ","),
+                    ]
+                    for x, y in indices
                 ]
                 if any(v is None for pair in values for v in pair):
                     continue  # no landmarks for this image: detect
@@ -420,6 +481,7 @@ def prepare_folder(args: FolderArguments):
         align_size=args.image_size,
         extra_metadata={
             "labels_file": str(Path(args.labels).resolve()),
+            "labels_delimiter": table.delimiter,
             "images_dir": str(Path(args.images).resolve()),
             "landmarks_file": str(Path(args.landmarks).resolve()) if args.landmarks else None,
             "landmark_points": table.landmark_points,
