@@ -64,6 +64,12 @@ DISFA_PARTS: dict[int, tuple[str, ...]] = {
     2: ("SN013", "SN018", "SN011", "SN028", "SN012", "SN006", "SN031", "SN021", "SN024"),
     3: ("SN003", "SN029", "SN023", "SN025", "SN008", "SN005", "SN007", "SN017", "SN004"),
 }
+# BP4D+ has no public fold list and the SEV-Net paper does not give its split. The parts shipped in
+# data_files/bp4dplus_parts.json are this project's own; say so wherever BP4D+ parts or results are reported.
+BP4DPLUS_SPLIT_NAME = (
+    "sevnet-hf's own round-robin-by-sex subject split (data_files/bp4dplus_parts.json), not the SEV-Net paper's "
+    "(unpublished)"
+)
 
 # ME-GraphAU fold numbering: fold k tests on one part and trains on the other two.
 # (JAA-Net calls fold 1 "combine_1_2 / part3".)

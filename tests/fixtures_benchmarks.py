@@ -99,6 +99,24 @@ def draw_face(number: int) -> np.ndarray:
     return image
 
 
+def aligned_source_number(aligned, numbers, layout) -> int:
+    """Which of the drawn images ``numbers`` a prepared (aligned) face was made from.
+
+    The number block often falls outside the aligned crop, so each candidate ``draw_face(n)`` is aligned with its own
+    landmarks (``layout(face_landmarks68(n))``, e.g. :func:`to49`) by the package's alignment, and the candidate the
+    prepared face matches best (mean absolute pixel difference) is returned.
+    """
+    from sevnet_hf.data.align import align_face
+
+    aligned = np.asarray(aligned, dtype=np.float64)
+
+    def distance(number: int) -> float:
+        candidate, _ = align_face(draw_face(number), layout(face_landmarks68(number)), aligned.shape[0])
+        return float(np.abs(aligned - candidate).mean())
+
+    return min(numbers, key=distance)
+
+
 def write_jpeg(path: Path, image_rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fixtures_benchmarks import (
     BP4D_SEQUENCES,
+    aligned_source_number,
     face_landmarks68,
     make_bp4d_tree,
     read_image_number,
@@ -21,6 +22,7 @@ from sevnet_hf.data.schema import load_prepared, read_metadata
 from sevnet_hf.datasets_scripts import bp4d
 from sevnet_hf.datasets_scripts.bp4d import (
     FRAME_FOLDER_NAMES,
+    FRAME_OFFSET_READERS,
     BP4DReader,
     read_bp4d_landmarks,
     read_occurrence_csv,
@@ -41,6 +43,18 @@ def _reader(root, **kwargs) -> BP4DReader:
 
 def _all_records(reader):
     return [record for _, thunk in reader.units() for record in thunk()]
+
+
+IMAGE_NUMBERS = {(subject, task): numbers for subject, task, _, _, numbers, *_ in BP4D_SEQUENCES}
+
+
+def _prepared_source_numbers(dataset) -> dict[tuple[str, str, int], int]:
+    """(subject, task, CSV frame) -> the image each prepared face was made from, told by its pixels."""
+    found = {}
+    for row in dataset:
+        key = (row["subject"], row["sequence"], row["frame"])
+        found[key] = aligned_source_number(row["image"], IMAGE_NUMBERS[key[:2]], to49)
+    return found
 
 
 def test_records_match_what_the_fixture_wrote(tree):
@@ -175,6 +189,9 @@ def test_prepare_command_end_to_end(tree, tmp_path):
         assert {au: row[au_label(au)] for au in BP4D_AUS} == want.labels
         assert row["part"] == part_of[row["subject"]]
     assert dataset[0]["image"].size == (256, 256)
+    # The default rule, read from the prepared faces themselves: CSV frame f was made from image f.jpg.
+    assert _prepared_source_numbers(dataset) == {key: frame.image_number for key, frame in expected.items()}
+    assert all(frame.image_number == frame.frame for frame in expected.values())
 
     report = json.loads((out / "report.json").read_text())
     assert report["num_frames"] == len(expected)
@@ -187,9 +204,30 @@ def test_prepare_command_end_to_end(tree, tmp_path):
     metadata = read_metadata(out)
     assert metadata["source"] == "BP4D" and metadata["aus"] == list(BP4D_AUS)
     assert "146,847" in metadata["frame_list"] and metadata["frame_offset"] == 0
+    assert metadata["frame_mapping"] == (
+        "CSV frame f -> image number f (as AU_R-CNN, py-feat, ME-GraphAU and PyTorch-JAANet read it)"
+    )
+    assert metadata["frame_offset_readers"] == {"0": FRAME_OFFSET_READERS[0]}
     assert metadata["counts"]["frames_per_subject"] == {
         s: sum(1 for f in expected.values() if f.subject == s) for s in ("F001", "F003", "M009")
     }
+
+
+NO_READER = "no public reader we checked reads it this way"
+
+
+def test_frame_offset_option_end_to_end(tree, tmp_path, caplog):
+    out = tmp_path / "prepared"
+    argv = ["--root", str(tree.root), "--output", str(out), "--no-progress", "--subjects", "M009"]
+    assert bp4d.main([*argv, "--frame-offset", "-1"]) == 0
+    dataset = load_prepared(out)
+    # CSV frames 3..7 were made from images 2..6 (002.jpg..006.jpg), not from 003.jpg..007.jpg.
+    assert _prepared_source_numbers(dataset) == {("M009", "T1", f): f - 1 for f in range(3, 8)}
+    assert dataset["source"] == [f"M009/T1/{f - 1:03d}.jpg (frame {f})" for f in range(3, 8)]
+    metadata = read_metadata(out)
+    assert metadata["frame_offset"] == -1
+    assert metadata["frame_mapping"] == f"CSV frame f -> image number f-1 ({NO_READER})"
+    assert "--frame-offset -1: no public BP4D reader we checked" in caplog.text
 
 
 def test_command_reports_input_problems_without_a_traceback(tree, tmp_path, capsys):

@@ -8,7 +8,14 @@ import zipfile
 
 import numpy as np
 import pytest
-from fixtures_benchmarks import face_landmarks68, make_bp4dplus_tree, read_image_number, to49
+from fixtures_benchmarks import (
+    BP4DPLUS_SEQUENCES,
+    aligned_source_number,
+    face_landmarks68,
+    make_bp4dplus_tree,
+    read_image_number,
+    to49,
+)
 from scipy.io import savemat
 
 from sevnet_hf import cli
@@ -17,6 +24,8 @@ from sevnet_hf.data.schema import load_prepared, read_metadata
 from sevnet_hf.datasets_scripts import bp4dplus
 from sevnet_hf.datasets_scripts.bp4d import subject_parts
 from sevnet_hf.datasets_scripts.bp4dplus import (
+    FRAME_OFFSET_READERS,
+    PARTITION_NAME,
     PARTS_FILE,
     BP4DPlusReader,
     load_bp4dplus_parts,
@@ -24,7 +33,7 @@ from sevnet_hf.datasets_scripts.bp4dplus import (
     read_bp4dplus_landmarks,
     write_bp4dplus_parts,
 )
-from sevnet_hf.protocols import BP4DPLUS_AUS, au_label
+from sevnet_hf.protocols import BP4DPLUS_AUS, BP4DPLUS_SPLIT_NAME, au_label
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +47,18 @@ def _reader(root, **kwargs) -> BP4DPlusReader:
 
 def _all_records(reader):
     return [record for _, thunk in reader.units() for record in thunk()]
+
+
+IMAGE_NUMBERS = {(subject, task): numbers for subject, task, _, _, numbers, *_ in BP4DPLUS_SEQUENCES}
+
+
+def _prepared_source_numbers(dataset) -> dict[tuple[str, str, int], int]:
+    """(subject, task, CSV frame) -> the image each prepared face was made from, told by its pixels."""
+    found = {}
+    for row in dataset:
+        key = (row["subject"], row["sequence"], row["frame"])
+        found[key] = aligned_source_number(row["image"], IMAGE_NUMBERS[key[:2]], to49)
+    return found
 
 
 def _number(record) -> int:
@@ -107,6 +128,10 @@ def test_undecodable_zip_entry_is_handed_on_without_an_image(tree, tmp_path):
 def test_shipped_parts_file_is_the_documented_split(tmp_path):
     payload = json.loads(PARTS_FILE.read_text())
     assert "round-robin" in bp4dplus.__doc__ and "mod 3" in payload["_about"]
+    # The split is the project's own, and everything that names it says so.
+    assert payload["_about"].startswith("sevnet-hf's own") and "not the SEV-Net paper's" in payload["_about"]
+    assert "own round-robin-by-sex" in BP4DPLUS_SPLIT_NAME and "not the SEV-Net paper's" in BP4DPLUS_SPLIT_NAME
+    assert BP4DPLUS_SPLIT_NAME in PARTITION_NAME and "protocols.BP4DPLUS_SPLIT_NAME" in bp4dplus.__doc__
     parts = load_bp4dplus_parts()
     assert parts == make_bp4dplus_parts()
     part_of = subject_parts(parts)  # raises on a subject in two parts
@@ -180,11 +205,31 @@ def test_prepare_command_end_to_end(tree, tmp_path):
         assert {au: row[au_label(au)] for au in BP4DPLUS_AUS} == want.labels
         assert row["part"] == part_of[row["subject"]]
     assert {r["subject"]: r["part"] for r in rows} == {"F001": 1, "M001": 2}
+    # The default rule, read from the prepared faces themselves: CSV frame f was made from image (f-1).jpg.
+    assert _prepared_source_numbers(dataset) == {key: frame.image_number for key, frame in expected.items()}
+    assert all(frame.image_number == frame.frame - 1 for frame in expected.values())
 
     report = json.loads((out / "report.json").read_text())
     assert report["aligned_from"] == {"landmarks": len(expected), "detected": 0}
     assert [e["source"] for e in report["errors"]] == ["M001/T8/002.jpg (frame 3)"]
     metadata = read_metadata(out)
     assert metadata["source"] == "BP4D+" and metadata["frame_offset"] == -1
-    assert "bp4dplus_parts.json" in metadata["partition_name"]
+    assert metadata["frame_mapping"] == (
+        "CSV frame f -> image number f-1 (as KISMED and rPPG-Toolbox (BigSmall loader) read it)"
+    )
+    assert metadata["frame_offset_readers"] == {"-1": FRAME_OFFSET_READERS[-1], "0": "py-feat"}
+    assert metadata["partition_name"] == PARTITION_NAME and "bp4dplus_parts.json" in metadata["partition_name"]
     assert metadata["partition"] == {s: p for s, p in sorted(part_of.items())}
+
+
+def test_frame_offset_zero_end_to_end(tree, tmp_path):
+    """``--frame-offset 0`` (py-feat's reading): CSV frames 2..4 of F001/T6 are made from 0002.jpg..0004.jpg."""
+    out = tmp_path / "prepared"
+    argv = ["--root", str(tree.root), "--output", str(out), "--no_progress", "--subjects", "F001", "--tasks", "T6"]
+    assert bp4dplus.main([*argv, "--frame_offset", "0"]) == 0
+    dataset = load_prepared(out)
+    assert _prepared_source_numbers(dataset) == {("F001", "T6", f): f for f in (2, 3, 4)}
+    assert dataset["source"] == [f"F001/T6/{f:04d}.jpg (frame {f})" for f in (2, 3, 4)]
+    metadata = read_metadata(out)
+    assert metadata["frame_offset"] == 0
+    assert metadata["frame_mapping"] == "CSV frame f -> image number f (as py-feat read it)"

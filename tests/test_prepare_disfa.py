@@ -7,13 +7,19 @@ import shutil
 
 import numpy as np
 import pytest
-from fixtures_benchmarks import make_disfa_tree, read_image_number
+from fixtures_benchmarks import DISFA_SUBJECTS, aligned_source_number, make_disfa_tree, read_image_number, to66
 from scipy.io import savemat
 
 from sevnet_hf.data.schema import load_prepared, read_metadata
 from sevnet_hf.datasets_scripts import disfa
 from sevnet_hf.datasets_scripts.bp4d import subject_parts
-from sevnet_hf.datasets_scripts.disfa import DisfaReader, read_intensity_file, read_landmark_file, read_subject_labels
+from sevnet_hf.datasets_scripts.disfa import (
+    FRAME_OFFSET_READERS,
+    DisfaReader,
+    read_intensity_file,
+    read_landmark_file,
+    read_subject_labels,
+)
 from sevnet_hf.protocols import DISFA_AUS, DISFA_OCCURRENCE_THRESHOLD, DISFA_PARTS, au_label
 
 
@@ -139,6 +145,15 @@ def test_prepare_command_end_to_end(tree, tmp_path):
         assert {au: row[f"{au_label(au)}_intensity"] for au in DISFA_AUS} == want.intensities
         assert row["part"] == part_of[row["subject"]]
     assert {r["part"] for r in rows} == {1, 3}
+    # Read from the prepared faces themselves: label frame f was made from video frame f-1 (0-based), also for SN010,
+    # whose labels are one line shorter than its video.
+    video_frames = {subject: frames for subject, frames, *_ in DISFA_SUBJECTS}
+    made_from = {
+        (row["subject"], row["frame"]): aligned_source_number(row["image"], range(video_frames[row["subject"]]), to66)
+        for row in dataset
+    }
+    assert made_from == {(f.subject, f.frame): f.frame - 1 for f in expected.values()}
+    assert dataset["source"][:2] == ["LeftVideoSN001_comp.avi#0 (frame 1)", "LeftVideoSN001_comp.avi#1 (frame 2)"]
 
     report = json.loads((out / "report.json").read_text())
     assert report["aligned_from"] == {"landmarks": len(expected), "detected": 0}
@@ -148,5 +163,9 @@ def test_prepare_command_end_to_end(tree, tmp_path):
     metadata = read_metadata(out)
     assert metadata["source"] == "DISFA" and metadata["aus"] == list(DISFA_AUS)
     assert metadata["camera"] == "left" and metadata["occurrence_threshold"] == DISFA_OCCURRENCE_THRESHOLD
+    assert metadata["frame_offset"] == -1 and metadata["frame_offset_readers"] == {"-1": FRAME_OFFSET_READERS[-1]}
+    assert metadata["frame_mapping"] == (
+        "label frame f -> 0-based left-camera frame f-1 (as ME-GraphAU and PyTorch-JAANet read it)"
+    )
     assert any("SN010" in note and "5 labelled" in note for note in metadata["reader_notes"])
     assert metadata["counts"]["frames_per_subject"] == {"SN001": 6, "SN003": 5, "SN010": 5}

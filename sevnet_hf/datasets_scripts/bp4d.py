@@ -17,16 +17,31 @@ the 12 AUs of ``protocols.BP4D_AUS``.
 
 Frames. Every coded row becomes one example, so a prepared set follows whatever frames the CSVs code: with the full
 release that is ME-GraphAU's list (146,847 frames; JAA-Net's list has 146,576). CSV frame *f* is read from the image
-numbered ``f + frame_offset``. The default offset 0 maps *f* to ``f.jpg``, as AU_R-CNN does. Images are matched
-by their number, whatever the zero padding. A coded frame that has no image is listed under ``errors`` in
-report.json (with the file name it should have) and skipped; the run goes on. Setup observations (a task folder or
-landmark file that is missing) go into the metadata's ``reader_notes``. ``--tasks`` and ``--subjects`` restrict
-the run; every other input problem stops it with a message naming the file, line or column.
+numbered ``f + frame_offset``, matched by number whatever the zero padding. The default 0 maps *f* to ``f.jpg``, and
+every public BP4D reader we read does the same (read in their code and lists, not checked on the data by us):
+
+- AU_R-CNN, ``machanic/AU_R-CNN`` ``dataset_toolkit/scripts/data_index_file_gen.py`` (also ``BP4DDataReader`` in
+  ``dataset_toolkit/data_reader.py``): the CSV frame zero-filled to the width of a name in the folder, + ``.jpg``.
+- py-feat, ``cosanlab/py-feat`` ``scripts/extract_au_training_features.py`` (``load_bp4d_labels`` at commit
+  e03e2720; the script was removed later): ``f"{f:0{w}d}.jpg"`` with the width read from the folder.
+- ME-GraphAU, ``CVI-SZU/ME-GraphAU`` ``tool/BP4D_image_label_process.py``: ``{S}/{T}/{f}.jpg`` from the CSV's frame
+  column, on its own unpadded copy of the images (its lists start ``F007/T1/643.jpg``, F007_T1's first coded frame).
+- PyTorch-JAANet, ``ZhiwenShao/PyTorch-JAANet`` ``data/list/BP4D_part{1,2,3}_path.txt``: per sequence its image
+  numbers are ME-GraphAU's CSV frame numbers, unshifted (the same set, or a subset where it left 271 frames out).
+
+No reader we found uses another offset; ``--frame-offset`` is there for a copy whose images were renumbered. The
+metadata records ``frame_offset``, ``frame_mapping`` (the rule and the readers that follow it) and
+``frame_offset_readers``. A coded frame that has no image is listed under ``errors`` in report.json (with the file
+name it should have) and skipped; the run goes on. Setup observations (a task folder or landmark file that is
+missing) go into the metadata's ``reader_notes``. ``--tasks`` and ``--subjects`` restrict the run; every other input
+problem stops it with a message naming the file, line or column.
 
 Landmarks. ``fit/pred`` has one entry per video frame; entry *i* (0-based) goes with image number ``first + i``,
 where ``first`` is the lowest image number in the sequence folder (0 for ``0000.jpg``), so images missing in the
 middle do not shift the rest. An empty entry (a frame the tracker lost), an image past the last entry or a sequence
-with no ``.mat`` file is left to face detection. Pass ``--no-use-landmarks`` to detect faces everywhere.
+with no ``.mat`` file is left to face detection. Pass ``--no-use-landmarks`` to detect faces everywhere. This pairing
+of entries with image numbers is our reading: no public reader we found pairs ``fit/pred`` entries with image names,
+so it is unverified.
 
 Parts. Subjects are split as in ``protocols.BP4D_PARTS`` (ME-GraphAU / JAA-Net). A subject that is not in any part is
 an error.
@@ -58,6 +73,9 @@ FRAME_LIST_NOTE = (
     "every frame coded in AUCoding/AU_OCC (the full release gives ME-GraphAU's list, 146,847 frames; "
     "JAA-Net's list has 146,576)"
 )
+DEFAULT_FRAME_OFFSET = 0
+# --frame-offset value -> the public readers that pair CSV frame f with image number f + value (module docstring).
+FRAME_OFFSET_READERS: dict[int, str] = {0: "AU_R-CNN, py-feat, ME-GraphAU and PyTorch-JAANet"}
 _LABEL_FILE = re.compile(r"^(?P<subject>[^_]+)_(?P<task>[^_.]+)\.csv$", re.IGNORECASE)
 
 
@@ -209,6 +227,16 @@ def split_names(values: Iterable[str] | None) -> list[str] | None:
     return [name for name in names if name]
 
 
+def frame_mapping_note(
+    offset: int, readers: Mapping[int, str], label: str = "CSV frame", target: str = "image number"
+) -> str:
+    """``"CSV frame f -> image number f-1 (as KISMED ... read it)"``: the rule an offset gives and who reads it so."""
+    number = "f" if offset == 0 else f"f{offset:+d}"
+    who = readers.get(offset)
+    said = f"as {who} read it" if who else "no public reader we checked reads it this way"
+    return f"{label} f -> {target} {number} ({said})"
+
+
 def subject_parts(parts: Mapping[int, Sequence[str]]) -> dict[str, int]:
     """Invert ``{part: subjects}`` into ``{subject: part}``; a subject listed twice is an error."""
     part_of: dict[str, int] = {}
@@ -336,7 +364,7 @@ class BP4DReader(ReaderNotes):
         *,
         subjects: Sequence[str] | None = None,
         tasks: Sequence[str] | None = None,
-        frame_offset: int = 0,
+        frame_offset: int = DEFAULT_FRAME_OFFSET,
         aus: Sequence[int] = BP4D_AUS,
         parts: Mapping[int, Sequence[str]] = BP4D_PARTS,
     ) -> None:
@@ -471,8 +499,11 @@ class PrepareBP4DArguments:
     )
     tasks: list[str] | None = field(default=None, metadata={"help": "Only these tasks (e.g. T1 T2). Default: all."})
     frame_offset: int = field(
-        default=0,
-        metadata={"help": "CSV frame f is read from image number f + offset. Default 0: f -> f.jpg (AU_R-CNN)."},
+        default=DEFAULT_FRAME_OFFSET,
+        metadata={
+            "help": "CSV frame f is read from image number f + offset. Default 0: f -> f.jpg, as AU_R-CNN, py-feat, "
+            "ME-GraphAU and PyTorch-JAANet read BP4D."
+        },
     )
     align_size: int = field(default=256, metadata={"help": "Side of the aligned square face images."})
     detector: str = field(
@@ -549,11 +580,19 @@ def prepare_bp4d(args: PrepareBP4DArguments) -> int:
         source="BP4D",
         partition_name="BP4D 3 parts (ME-GraphAU / JAA-Net)",
         frame_list=FRAME_LIST_NOTE,
+        frame_readers=FRAME_OFFSET_READERS,
     )
 
 
 def prepare_task_sequences(
-    args: Any, reader_class: type, *, frame_folders: Sequence[str], source: str, partition_name: str, frame_list: str
+    args: Any,
+    reader_class: type,
+    *,
+    frame_folders: Sequence[str],
+    source: str,
+    partition_name: str,
+    frame_list: str,
+    frame_readers: Mapping[int, str],
 ) -> int:
     """The preparation BP4D and BP4D+ share: AU_OCC labels, frames per subject/task, optional 2DFeatures landmarks."""
     labels_dir = required_dir(args.labels_dir, args.root, ("AUCoding/AU_OCC",), "--labels-dir")
@@ -561,6 +600,13 @@ def prepare_task_sequences(
     landmarks_dir = None
     if args.use_landmarks:
         landmarks_dir = resolve_dir(args.landmarks_dir, args.root, ("2DFeatures",), "--landmarks-dir")
+    if args.frame_offset not in frame_readers:
+        logger.warning(
+            "--frame-offset %d: no public %s reader we checked pairs frames this way (they use %s)",
+            args.frame_offset,
+            source,
+            ", ".join(f"{offset:+d}: {who}" for offset, who in frame_readers.items()),
+        )
     reader = reader_class(
         labels_dir,
         frames_dir,
@@ -577,7 +623,8 @@ def prepare_task_sequences(
         extra_metadata={
             "frame_list": frame_list,
             "frame_offset": args.frame_offset,
-            "frame_mapping": f"CSV frame f -> image number f{args.frame_offset:+d}",
+            "frame_mapping": frame_mapping_note(args.frame_offset, frame_readers),
+            "frame_offset_readers": {str(offset): who for offset, who in frame_readers.items()},
             "landmarks": "2DFeatures 49 points, else dlib detection" if landmarks_dir else "dlib detection",
         },
     )

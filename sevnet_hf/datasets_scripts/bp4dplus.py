@@ -13,20 +13,35 @@ Expected layout under ``--root`` (each folder can live elsewhere; its option ove
 Labels are read by the same code as BP4D (:func:`sevnet_hf.datasets_scripts.bp4d.read_occurrence_csv`): 0/1, and 9
 or negative -> ``protocols.UNKNOWN_LABEL``; we keep the 12 AUs of ``protocols.BP4DPLUS_AUS``.
 
-Frames. CSV frame *f* is read from the image numbered ``f + frame_offset``. The default -1 follows KISMED's reading
-(F001_T1 codes frames 1..1612 and ships 0000.jpg..1611.jpg); py-feat uses ``f.jpg``, i.e. ``--frame-offset 0``.
-A coded frame that has no image (F041_T7's video and labels differ in length) or whose zip entry cannot be decoded is
-listed under ``errors`` in report.json and skipped; the run goes on.
+Frames. CSV frame *f* is read from the image numbered ``f + frame_offset``. The public readers disagree, so the offset
+is an option (read in their code, not checked on the data by us):
 
-Landmarks. The ``fit(k).frame`` field numbers video frames from 1 and image *n* (0-based name) is video frame *n + 1*,
-so each image takes the points whose ``frame`` is its number + 1, whatever ``--frame-offset`` says. Entries with empty
-fields (lost tracking) are left to face detection.
+- ``-1`` (default), *f* -> ``(f-1).jpg``. KISMED, ``LeqiaoP1/MA-project-KISMED`` ``code/data/au_dataset.py``: "AU
+  frame f (1-based) <-> RGB image index/jpg number f - 1", marked verified there, on images copied with their shipped
+  names; its ``code/data/rgb_features.py`` (``jpg_index_of``) reports 2DFeatures frames 1..1612 beside
+  ``2D+3D/F001/T1/0000.jpg``..``1611.jpg``. rPPG-Toolbox, ``ubicomplab/rPPG-Toolbox``
+  ``dataset/data_loader/BP4DPlusBigSmallLoader.py``: a task's jpgs in zip order, the AU codes padded with
+  ``start_frame - 1`` entries in front, i.e. frame *f* is the jpg at 0-based position *f - 1* (the same file when the
+  names start at 0000 with no gaps).
+- ``0``, *f* -> ``f.jpg``. py-feat, ``cosanlab/py-feat`` ``scripts/extract_au_training_features.py``
+  (``load_bp4dplus_labels`` at commit e03e2720, zero-padded to the folder's width; the script was removed later).
 
-Parts. BP4D+ has no public fold list. We ship a fixed 3-way subject split in ``sevnet_hf/data_files/
-bp4dplus_parts.json``, produced by :func:`make_bp4dplus_parts` (write it again with
+The default follows the two readers whose authors compared frame numbers with the images. The metadata records
+``frame_offset``, ``frame_mapping`` (the rule and the readers that follow it) and ``frame_offset_readers`` (both
+readings). A coded frame that has no image (F041_T7's video and labels differ in length) or whose zip entry cannot
+be decoded is listed under ``errors`` in report.json and skipped; the run goes on.
+
+Landmarks. The ``fit(k).frame`` field numbers video frames from 1 and image *n* (0-based name) is video frame *n + 1*
+(KISMED's ``jpg_index_of`` above), so each image takes the points whose ``frame`` is its number + 1, whatever
+``--frame-offset`` says. Entries with empty fields (lost tracking) are left to face detection.
+
+Parts. BP4D+ has no public fold list, and the SEV-Net paper does not give the split behind its BP4D+ numbers. We ship
+our own fixed 3-way subject split in ``sevnet_hf/data_files/bp4dplus_parts.json`` (``protocols.BP4DPLUS_SPLIT_NAME``),
+produced by :func:`make_bp4dplus_parts` (write it again with
 ``python -m sevnet_hf.datasets_scripts.bp4dplus --write-parts PATH``): the 82 women F001-F082 in order, then the
 58 men M001-M058 in order, dealt round-robin into parts 1, 2, 3. Each part gets every third subject of each sex, so
-parts differ by at most one subject of either sex (47/47/46 subjects; 28/27/27 women, 19/20/19 men).
+parts differ by at most one subject of either sex (47/47/46 subjects; 28/27/27 women, 19/20/19 men). BP4D+ results
+on it are not comparable with the paper's Table 3; the prepared metadata's ``partition_name`` says whose split it is.
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from ..data.schema import FrameRecord
-from ..protocols import BP4DPLUS_AUS
+from ..protocols import BP4DPLUS_AUS, BP4DPLUS_SPLIT_NAME
 from .bp4d import (
     ReaderNotes,
     Unit,
@@ -64,6 +79,9 @@ PARTS_FILE = Path(__file__).resolve().parent.parent / "data_files" / "bp4dplus_p
 BP4DPLUS_WOMEN = tuple(f"F{i:03d}" for i in range(1, 83))
 BP4DPLUS_MEN = tuple(f"M{i:03d}" for i in range(1, 59))
 DEFAULT_FRAME_OFFSET = -1
+# --frame-offset value -> the public readers that pair CSV frame f with image number f + value (module docstring).
+FRAME_OFFSET_READERS: dict[int, str] = {-1: "KISMED and rPPG-Toolbox (BigSmall loader)", 0: "py-feat"}
+PARTITION_NAME = f"BP4D+ 3 parts: {BP4DPLUS_SPLIT_NAME}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -77,7 +95,9 @@ def make_bp4dplus_parts() -> dict[int, tuple[str, ...]]:
 
 
 PARTS_ABOUT = (
-    "Subject-exclusive 3-way split of BP4D+ (140 subjects: F001-F082, M001-M058); no public fold list exists. "
+    "sevnet-hf's own subject-exclusive 3-way split of BP4D+ (140 subjects: F001-F082, M001-M058), not the SEV-Net "
+    "paper's: no public fold list exists and the paper does not give its split, so results on it are not comparable "
+    "with the paper's BP4D+ table. "
     "Made by sevnet_hf.datasets_scripts.bp4dplus.make_bp4dplus_parts: list the women F001..F082 in ID order, then the "
     "men M001..M058 in ID order, and put the subject at position i (0-based) in part i mod 3 + 1. Each part gets every "
     "third subject of each sex: parts 1/2/3 hold 47/47/46 subjects (women 28/27/27, men 19/20/19). Folds follow "
@@ -377,7 +397,10 @@ class PrepareBP4DPlusArguments:
     tasks: list[str] | None = field(default=None, metadata={"help": "Only these tasks (e.g. T1 T8). Default: all."})
     frame_offset: int = field(
         default=DEFAULT_FRAME_OFFSET,
-        metadata={"help": "CSV frame f is read from image number f + offset. Default -1: f -> (f-1).jpg (KISMED)."},
+        metadata={
+            "help": "CSV frame f is read from image number f + offset. Default -1: f -> (f-1).jpg, as KISMED and "
+            "rPPG-Toolbox read BP4D+; 0: f -> f.jpg, as py-feat does."
+        },
     )
     align_size: int = field(default=256, metadata={"help": "Side of the aligned square face images."})
     detector: str = field(
@@ -404,8 +427,9 @@ def prepare_bp4dplus(args: PrepareBP4DPlusArguments) -> int:
         BP4DPlusReader,
         frame_folders=("2D+3D",),
         source="BP4D+",
-        partition_name=f"BP4D+ 3 parts ({PARTS_FILE.name}, shipped with sevnet-hf)",
+        partition_name=PARTITION_NAME,
         frame_list="every frame coded in AUCoding/AU_OCC (tasks T1, T6, T7, T8)",
+        frame_readers=FRAME_OFFSET_READERS,
     )
 
 

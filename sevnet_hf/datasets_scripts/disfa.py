@@ -15,14 +15,34 @@ protocols.DISFA_OCCURRENCE_THRESHOLD`` (2); the intensities are kept too (``AU1_
 file, a line that is not ``frame,intensity`` or an intensity outside 0-5 is an error naming the file and line.
 
 Frames. The video is decoded one frame at a time (OpenCV) and never held in memory. Label frame *f* is decoded video
-frame *f - 1* (0-based), i.e. the first line of a label file describes the first frame of the video. Only frames that
-every AU file labels become examples. When the label files and the video disagree in length (SN010's label files are
-one line shorter than its video), video frames without labels are skipped, label frames past the end of the video are
-listed under ``errors`` in report.json, and a line in the metadata's ``reader_notes`` gives both counts.
+frame *f - 1* (0-based), i.e. the first line of a label file describes the first frame of the video. The public
+readers we read agree (in their code and lists; we have not checked it on the data):
 
-Landmarks. File number *n* (``SN001_0000_lm.mat``, or the alternative ``l00000_lm.mat``) belongs to video frame *n*.
-Where a subject has one file more than its video has frames, the first file is dropped (file *n* -> frame *n - 1*), as
-the public readers do, and a line in ``reader_notes`` says so. Frames without a file, or with an empty 'pts', are left
+- ME-GraphAU, ``CVI-SZU/ME-GraphAU`` ``tool/DISFA_image_label_process.py``: line *t* (0-based) of ``SN001_au1.txt``
+  goes with ``SN001/{t}.png``; its frame extraction is not published, its names start at ``SN001/0.png``.
+- PyTorch-JAANet, ``ZhiwenShao/PyTorch-JAANet`` ``data/list/DISFA_part{1,2,3}_path.txt``: 0-based ``SN002/0.jpg``...;
+  the frames it leaves out (SN001 397-419 and 3189-3242, SN002 799-825, SN004 4540-4554, ...) are, one lower, the
+  1-based label frames a third script lists as bad landmark frames (398-420, 3190-3243, 800-826, 4541-4555), so its
+  image *n* is label frame *n + 1* and landmark file *n*.
+- That script (a DISFA preprocessing module we could read only through the code search index; its repository is not
+  resolved): ffmpeg names ``_%05d.jpg`` from 1, the *i*-th image paired with the *i*-th label line
+  (``anno[int(frame) - 1]``).
+- LibreFace, ``ihp-lab/LibreFace`` ``extract_frames_DISFA.py``: ffmpeg ``_%04d.png``, 1-based names, so image *f* is
+  video frame *f - 1* (how it pairs them with labels is in CSV files it does not publish).
+- AU_R-CNN, ``machanic/AU_R-CNN`` ``dataset_toolkit/scripts/data_index_file_gen_new.py``: label frame *f* ->
+  ``{S}/{f}.jpg``; its frame extractor does not number frames, so its offset cannot be read from the code.
+
+Only frames that every AU file labels become examples. When the label files and the video disagree in length, video
+frames without labels are skipped, label frames past the end of the video are listed under ``errors`` in
+report.json, and a line in the metadata's ``reader_notes`` gives both counts. (SN010's label files have 4844 lines,
+the others' 4845, in both ME-GraphAU's and PyTorch-JAANet's lists; its video's length we have not seen.) The metadata
+records ``frame_offset`` (-1: label frame *f* -> 0-based video frame *f - 1*), ``frame_mapping`` and
+``frame_offset_readers``.
+
+Landmarks. File number *n* (``SN001_0000_lm.mat``, or the alternative ``l00000_lm.mat``) belongs to video frame *n*,
+as PyTorch-JAANet's gaps above imply. Where a subject has one file more than its video has frames, the first file is
+dropped (file *n* -> frame *n - 1*), as the unresolved script does (it drops the first ``.mat`` when there are more
+files than images), and a line in ``reader_notes`` says so. Frames without a file, or with an empty 'pts', are left
 to face detection; pass ``--no-use-landmarks`` to detect faces everywhere.
 
 Parts. Subjects are split as in ``protocols.DISFA_PARTS`` (ME-GraphAU / JAA-Net). A subject that is not in any part is
@@ -45,6 +65,7 @@ from ..protocols import DISFA_AUS, DISFA_OCCURRENCE_THRESHOLD, DISFA_PARTS
 from .bp4d import (
     ReaderNotes,
     Unit,
+    frame_mapping_note,
     parse_arguments,
     required_dir,
     resolve_dir,
@@ -57,7 +78,10 @@ from .common import PrepareError, run_cli
 logger = logging.getLogger(__name__)
 
 MAX_INTENSITY = 5
-FRAME_MAPPING_NOTE = "label frame f (1-based) -> decoded left-camera video frame f-1 (0-based)"
+# Label frame f (1-based) is decoded video frame f + FRAME_OFFSET (0-based); no public reader pairs them otherwise.
+FRAME_OFFSET = -1
+FRAME_OFFSET_READERS: dict[int, str] = {FRAME_OFFSET: "ME-GraphAU and PyTorch-JAANet"}
+FRAME_MAPPING_NOTE = frame_mapping_note(FRAME_OFFSET, FRAME_OFFSET_READERS, "label frame", "0-based left-camera frame")
 _LANDMARK_FILE = re.compile(r"(\d+)_lm\.mat$", re.IGNORECASE)
 
 
@@ -274,17 +298,17 @@ class DisfaReader(ReaderNotes):
 
     def _check_lengths(self, subject: str) -> None:
         frames, count = self.labels[subject].frames.tolist(), self.frame_counts[subject]
-        labelled = sum(1 for f in frames if f <= count)
+        in_video = {index - FRAME_OFFSET for index in range(count)}  # the label frame of each video frame
+        labelled = sum(1 for f in frames if f in in_video)
         if labelled < count:
             self.note(
                 f"{self.videos[subject]}: {count} video frames, {labelled} labelled; video frames "
-                f"{_ranges(sorted(set(range(1, count + 1)) - set(frames)))} (label numbering) have no labels and are "
-                "skipped"
+                f"{_ranges(sorted(in_video - set(frames)))} (label numbering) have no labels and are skipped"
             )
         if labelled < len(frames):
             self.note(
                 f"{self.videos[subject]}: {count} video frames but labels up to frame {frames[-1]}; label frames "
-                f"{_ranges([f for f in frames if f > count])} have no video frame and are listed as errors"
+                f"{_ranges([f for f in frames if f not in in_video])} have no video frame and are listed as errors"
             )
 
     def _find_landmarks(self, subject: str) -> None:
@@ -331,18 +355,19 @@ class DisfaReader(ReaderNotes):
                 if not ok:
                     break
                 index, decoded = decoded, decoded + 1
-                row = labels.row_of.get(index + 1)
+                frame = index - FRAME_OFFSET
+                row = labels.row_of.get(frame)
                 if row is None:
                     continue
                 path = files.get(index + shift)
                 yield FrameRecord(
                     subject=subject,
                     sequence=subject,
-                    frame=index + 1,
+                    frame=frame,
                     labels=labels.labels(row),
                     image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
                     landmarks=read_landmark_file(path) if path is not None else None,
-                    source=f"{video.name}#{index} (frame {index + 1})",
+                    source=f"{video.name}#{index} (frame {frame})",
                     intensities=labels.intensity(row),
                 )
         finally:
@@ -350,13 +375,13 @@ class DisfaReader(ReaderNotes):
         if decoded != self.frame_counts[subject]:
             logger.warning("%s: the header declares %d frames, %d decoded", video, self.frame_counts[subject], decoded)
         for frame in labels.frames.tolist():
-            if frame > decoded:
+            if frame + FRAME_OFFSET >= decoded:
                 yield FrameRecord(
                     subject=subject,
                     sequence=subject,
                     frame=frame,
                     labels=labels.labels(labels.row_of[frame]),
-                    source=f"{video.name}#{frame - 1} (frame {frame}): the video ends after {decoded} frames",
+                    source=f"{video.name}#{frame + FRAME_OFFSET} (frame {frame}): the video ends after {decoded} frames",
                     intensities=labels.intensity(labels.row_of[frame]),
                 )
 
@@ -415,7 +440,9 @@ def prepare_disfa(args: PrepareDisfaArguments) -> int:
         partition_name="DISFA 3 parts (ME-GraphAU / JAA-Net)",
         extra_metadata={
             "camera": "left",
+            "frame_offset": FRAME_OFFSET,
             "frame_mapping": FRAME_MAPPING_NOTE,
+            "frame_offset_readers": {str(offset): who for offset, who in FRAME_OFFSET_READERS.items()},
             "occurrence_threshold": DISFA_OCCURRENCE_THRESHOLD,
             "landmarks": "Landmark_Points 66 points, else dlib detection" if landmarks_dir else "dlib detection",
         },
