@@ -128,24 +128,107 @@ def test_resume_after_first_epoch_matches_an_uninterrupted_run(prepared, tiny_te
     assert history == [1, 2]  # the resumed run did not redo epoch 1
 
 
-def test_resumed_run_ends_on_the_last_epoch_weights_and_losses_of_an_uninterrupted_one(
+# Runs `sevnet_hf.train` unchanged, after a global optimizer hook that appends each step's number to a file and, at
+# step `hold_at`, blocks forever: the test then kills the process from outside with SIGKILL, so where it dies is known
+# exactly and no timing guess (sleep) decides it. The hook lives here only; the training code has no test switch.
+HOLD_AT_STEP = """
+import sys, time
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+steps_file, hold_at = sys.argv[1], int(sys.argv[2])
+count = 0
+
+def after_step(optimizer, args, kwargs):
+    global count
+    count += 1
+    with open(steps_file, "a") as handle:
+        handle.write(f"{count}\\n")
+    while count == hold_at:
+        time.sleep(1)
+
+register_optimizer_step_post_hook(after_step)
+from sevnet_hf.training.loop import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _train_flags(prepared, text_encoder: str, output_dir: Path, **overrides) -> list[str]:
+    values = {
+        k: v for k, v in vars(run_args(prepared, text_encoder, output_dir, **overrides)).items() if v is not None
+    }
+    return [
+        item
+        for key, value in values.items()
+        for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
+    ]
+
+
+def test_run_killed_mid_epoch_resumes_to_the_weights_and_losses_of_an_uninterrupted_run(
     prepared, tiny_text_encoder_dir, tmp_path
 ):
-    # The saved model is the best epoch's, which can hide a resume that trained later epochs on the wrong order:
-    # compare the last epoch's checkpoint and every epoch's training loss instead. learning_rate 0 would not do.
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(run_args(prepared, tiny_text_encoder_dir, straight, epochs=3))
-    train(run_args(prepared, tiny_text_encoder_dir, resumed, epochs=3, stop_after_epochs=1))
-    train(run_args(prepared, tiny_text_encoder_dir, resumed, epochs=3, resume=True))
-    a = weights(straight / "checkpoints" / "epoch_3")
-    b = weights(resumed / "checkpoints" / "epoch_3")
+    # The saved model is the best epoch's, which can hide a resume that trained later epochs on the wrong order
+    # (Accelerate's iterator used to call set_epoch with its own counter, 0 again after a restart): compare the last
+    # epoch's checkpoint and every epoch's record instead.
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    # Whole epochs (a step cap hid the bug: Accelerate counts an epoch only when its iterator runs out): 18 training
+    # faces in batches of 5 are 4 steps an epoch, so step 6 is inside epoch 2.
+    options = dict(epochs=2, report_to="none")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    steps_file = tmp_path / "steps.txt"
+    command = [sys.executable, "-c", HOLD_AT_STEP, str(steps_file), "6"]
+    victim_log = (tmp_path / "victim.log").open("w")  # a file, not a pipe that nobody reads while we wait
+    victim = subprocess.Popen(
+        command + _train_flags(prepared, tiny_text_encoder_dir, killed, **options),
+        env=env,
+        stdout=victim_log,
+        stderr=subprocess.STDOUT,
+    )
+    uninterrupted = subprocess.Popen(  # at the same time, on the other core
+        [sys.executable, "-m", "sevnet_hf.train"] + _train_flags(prepared, tiny_text_encoder_dir, straight, **options),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (steps_file.is_file() and steps_file.read_text().split()[-1:] == ["6"]):
+        assert victim.poll() is None, (tmp_path / "victim.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 6"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    victim_log.close()
+    assert [p.name for p in (killed / "checkpoints").iterdir()] == ["epoch_1"]  # it died inside epoch 2
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 1
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sevnet_hf.train"]
+        + _train_flags(prepared, tiny_text_encoder_dir, killed, resume=True, **options),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout and "(epoch 1 done)" in resumed.stdout
+    output = uninterrupted.communicate(timeout=300)[0]
+    assert uninterrupted.returncode == 0, output[-3000:]
+
+    a, b = weights(straight / "checkpoints" / "epoch_2"), weights(killed / "checkpoints" / "epoch_2")
+    assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
-    def losses(folder):
-        return [json.loads(line)["train_loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    def records(folder):
+        timing = ("train_images_per_s", "data_wait_share")
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
 
-    assert losses(straight) == losses(resumed) and len(losses(resumed)) == 3
+    assert [r["epoch"] for r in records(killed)] == [1, 2]
+    assert records(straight) == records(killed)  # losses, F1, attention statistics, learning rate: all identical
 
 
 def test_metrics_file_has_each_epoch_once_after_a_kill_between_metrics_and_checkpoint(
