@@ -259,6 +259,57 @@ def test_val_fraction_zero_trains_without_early_stopping_and_keeps_the_last_epoc
     assert "the last epoch was kept" in (tmp_path / "model" / "README.md").read_text()
 
 
+def _one_subject_dataset(out_dir: Path) -> Path:
+    """What `prepare folder` makes of a labels file with one subject: part 1 only (round-robin), parts 2 and 3 empty."""
+    import numpy as np
+
+    from sevnet_hf.data.align import canonical_template
+    from sevnet_hf.data.schema import FrameRecord, prepare_dataset
+
+    def thunk():
+        rng = np.random.default_rng(0)
+        for frame in range(8):
+            image = (rng.random((96, 96, 3)) * 200).astype(np.uint8)
+            landmarks = canonical_template(96)
+            yield FrameRecord("S1", "T1", frame, {1: frame % 2, 2: 1}, image=image, landmarks=landmarks)
+
+    options = dict(aus=[1, 2], source="one", partition={"S1": 1}, partition_name="round-robin", progress=False)
+    prepare_dataset([("S1", thunk)], out_dir, **options)
+    return out_dir
+
+
+def test_a_fold_without_test_or_validation_faces_is_refused_before_training(tiny_text_encoder_dir, tmp_path, capsys):
+    from sevnet_hf.training.loop import main
+
+    data = _one_subject_dataset(tmp_path / "one")
+    flags = _train_flags(data, tiny_text_encoder_dir, tmp_path / "run", epochs=1)
+    assert main(flags) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    assert "fold 1 (train part1+part2, test part3) has no test faces (part 3 has no subjects)" in error
+    assert "no validation faces (--val_fraction 0.3 of 1 training subject holds none out" in error
+    assert "1 subject: part 1: S1" in error and "--parts" in error
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+    # Without validation asked for, only the missing test part is named.
+    assert main(_train_flags(data, tiny_text_encoder_dir, tmp_path / "run", epochs=1, val_fraction=0.0)) == 2
+    error = capsys.readouterr().err
+    assert "no test faces" in error and "validation" not in error
+
+
+def test_an_au_never_present_in_training_is_warned_about_and_reported(prepared, tiny_text_encoder_dir, tmp_path):
+    from sevnet_hf.data.schema import load_prepared, read_metadata
+
+    dataset = load_prepared(prepared).map(lambda row: {"AU2": row["AU2"] if row["part"] == 3 else 0})
+    data = tmp_path / "no_au2"
+    dataset.save_to_disk(str(data / "dataset"))
+    (data / "metadata.json").write_text(json.dumps(read_metadata(prepared)))
+    with pytest.warns(UserWarning, match=r"AU2 is never present in the training faces \(0 of \d+ known labels"):
+        results = train(run_args(data, tiny_text_encoder_dir, tmp_path / "run", epochs=1, report_to="none"))
+    assert set(results["aus_without_training_positives"]) == {"AU2"}
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["aus_without_training_positives"] == results["aus_without_training_positives"]
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_weights_and_count_each_test_image_once(
     prepared, tiny_text_encoder_dir, tmp_path

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..atomic_io import save_atomic, write_json_atomic, write_text_atomic
 from ..data.decoded_cache import build_decoded_cache, number_rows
 from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
 from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
-from ..protocols import fold_name
+from ..protocols import fold_name, fold_parts
 from .args import TrainArguments
 from .attention_health import ATTENTION_KEYS, AttentionHealth, grad_norm, text_path_parameters, warn_if_collapsed
 
@@ -33,6 +34,10 @@ FINAL_DIR = "model"
 STATE_FILE = "run_state.json"
 TRACKER_RUN = "runs"
 COMPLETE_MARKER = "COMPLETE"
+
+
+class TrainingDataError(ValueError):
+    """The dataset cannot train this fold (a split without faces); ``main`` prints it and exits with status 2."""
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -127,6 +132,58 @@ def _open_decoded_cache(accelerator, args: TrainArguments, size: int, num_worker
     return decoded if decoded is not None else build(progress=False)
 
 
+def check_fold_splits(args: TrainArguments, splits, partition: dict[str, int]) -> None:
+    """Refuse, before any training, a fold whose split has no faces: no test faces (every run would end in a crash
+    after its last epoch), or no validation faces while ``--val_fraction`` asks for some. Names what is missing."""
+    sizes = {name: len(splits[name]) for name in ("train", "validation", "test")}
+    train_subjects = len(set(splits["train"]["subject"]))
+    train_parts, test_part = fold_parts(args.fold)
+    missing = []
+    if not sizes["test"]:
+        in_part = sum(1 for part in partition.values() if part == test_part)
+        missing.append(
+            f"no test faces (part {test_part} has "
+            + (f"{in_part} subjects but none of their faces)" if in_part else "no subjects)")
+        )
+    if not sizes["train"]:
+        missing.append(f"no training faces (parts {train_parts[0]} and {train_parts[1]} have none)")
+    elif not sizes["validation"] and args.val_fraction > 0:
+        missing.append(
+            f"no validation faces (--val_fraction {args.val_fraction:g} of {train_subjects} training "
+            f"subject{'s' if train_subjects != 1 else ''} holds none out; it needs 2 or more, or pass --val_fraction 0)"
+        )
+    if not missing:
+        return
+    by_part = {part: sorted(s for s, p in partition.items() if p == part) for part in sorted(set(partition.values()))}
+    listed = "; ".join(
+        f"part {part}: {' '.join(members[:6])}{' ...' if len(members) > 6 else ''}"
+        for part, members in by_part.items()
+    )
+    raise TrainingDataError(
+        f"{args.dataset}: {fold_name(args.fold)} has " + " and ".join(missing) + f". The dataset has "
+        f"{len(partition)} subject{'s' if len(partition) != 1 else ''}: {listed}. Every fold trains on two parts and "
+        "tests on the third, so each part needs subjects: prepare more subjects or assign them to parts "
+        "(sevnet-hf prepare folder --parts FILE)."
+    )
+
+
+def aus_without_positives(labels: np.ndarray, au_columns: list[str], warn: bool = True) -> dict[str, int]:
+    """AUs with no positive label among the training faces, each with its count of known labels; warns for each.
+
+    The model never sees such an AU present, so its test F1 (0 when it is never predicted) says nothing about it.
+    """
+    known = (labels == 0) | (labels == 1)
+    absent = {au_columns[i]: int(known[:, i].sum()) for i in range(len(au_columns)) if not (labels[:, i] == 1).any()}
+    for column, count in absent.items() if warn else ():
+        warnings.warn(
+            f"{column} is never present in the training faces (0 of {count} known labels are 1): the model cannot "
+            f"learn it and its test F1 measures nothing; results.json lists it under aus_without_training_positives",
+            UserWarning,
+            stacklevel=2,
+        )
+    return absent
+
+
 def default_num_workers(device: torch.device, processes_per_node: int = 1) -> int:
     """DataLoader workers when none are given: 2 on a CPU (the model is the bottleneck there: measured 59x); on a
     GPU every core this process can spare (one stays with the step loop), at most 16."""
@@ -197,11 +254,16 @@ def train(args: TrainArguments) -> dict:
     splits = split_fold(
         dataset, args.fold, metadata=metadata, val_fraction=args.val_fraction, seed=args.seed, verbose=main
     )
+    from ..data.schema import normalize_partition
+
+    partition = normalize_partition(metadata.get("partition") or dict(zip(dataset["subject"], dataset["part"])))
+    check_fold_splits(args, splits, partition)
     parts = {
         name: AUImageDataset(splits[name], au_columns, size=resize, decoded=decoded)
         for name in ("train", "validation", "test")
     }
     train_labels = parts["train"].labels.numpy()
+    absent_aus = aus_without_positives(train_labels, au_columns, warn=main)
 
     set_seed(args.seed)  # here, so that building the decoded cache (which draws loader seeds) changes nothing
     model, processor = build_model(args, aus, train_labels)
@@ -227,8 +289,6 @@ def train(args: TrainArguments) -> dict:
     eval_batch = args.eval_batch_size or args.batch_size
     validating = len(parts["validation"]) > 0
     if not validating:
-        if len(parts["train"]) == 0:
-            raise ValueError(f"{args.dataset}: fold {args.fold} has no training images; check the subject parts")
         if main:
             print(
                 "No validation subjects (--val_fraction 0): early stopping is off and the last epoch's model is kept; "
@@ -403,6 +463,8 @@ def train(args: TrainArguments) -> dict:
         "stopped_early": stopped_early,
         "validation_f1_mean": state["best_f1"] if validating else None,
         "test": test_scores,
+        # AU column -> known training labels, for AUs never present in training: their test F1 measures nothing.
+        "aus_without_training_positives": absent_aus,
         "test_images_evaluated": int(len(labels)),
         "process": {"index": accelerator.process_index, "count": accelerator.num_processes},
         "weights_sha256": _weights_sha256(unwrapped),
@@ -543,7 +605,11 @@ def _file_flags(path: Path, known: set[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = train(args)
+    try:
+        results = train(args)
+    except TrainingDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0 if results else 1
 
 
