@@ -377,6 +377,14 @@ def _import_dlib() -> Any:
     return dlib
 
 
+#: Minimum detector score for a detection to count as a face in AU detection (``sevnet-hf detect``, AUDetector).
+#: dlib's HOG score is an SVM margin (its own default threshold is 0). Measured on the sample photos: weak hits on
+#: textures, clothes and background score 0.03-0.21 (issue 15: a mission patch on a suit, 0.14); real faces above 1
+#: when frontal and sharp, and 0.43-0.63 when turned 10-20 degrees or blurred. 0.3 drops the first and keeps the
+#: second. Dataset preparation keeps dlib's 0: it takes the largest face of each image, which a weak hit seldom is.
+MIN_FACE_SCORE = 0.3
+
+
 @dataclass
 class DetectedFace:
     """One detected face. ``box`` is (x0, y0, x1, y1) in source pixels; ``landmarks5`` is in the template's order."""

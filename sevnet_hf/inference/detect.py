@@ -1,4 +1,4 @@
-"""AU detection on photos, folders and videos: ``sevnet-hf detect INPUT... --model PATH_OR_HUB_ID`` and
+r"""AU detection on photos, folders and videos: ``sevnet-hf detect INPUT... --model PATH_OR_HUB_ID`` and
 :class:`AUDetector`.
 
 Per frame: decode -> find faces (dlib; on videos, detection + landmark tracking, see :mod:`.video`) -> five
@@ -8,14 +8,21 @@ occurrences (probability >= the AU's threshold: ``config.decision_thresholds``, 
 
 Output columns (one row per face per processed frame; a frame or file without a usable face gets one row too):
 
-- ``source``: file path as found (or ``<input N>`` for in-memory images); ``frame``: frame index in the video
-  (0 for photos); ``timestamp``: seconds from the video start (``frame / fps``; empty for photos).
+- ``source``: file path as found (or ``<input N>`` for in-memory images); ``frame``: frame index in the video or
+  animated image (0 for photos); ``timestamp``: seconds from the video start (``frame / fps``; for animated GIF,
+  APNG and WebP the sum of the earlier frames' durations; empty for photos). A path that is not valid UTF-8 (bytes
+  such as ``\xff`` in a file name), holds a control character (a newline, a tab) or starts with ``"`` is written
+  C-quoted, the way git quotes such paths: ``"a\xffb.jpg"``, with ``\xNN`` for each undecodable byte, ``\n``,
+  ``\t``, ``\r``, ``\"`` and ``\\``. Every other path is written as it is. The quoting is lossless:
+  :func:`decode_source_name` gives back the path to open, and every output format stays valid UTF-8.
 - ``face``: index of the face within the frame (0, 1, ...; empty when there is none); ``track``: track id on videos
   (stable while a face is followed; on photos the same as ``face``).
 - ``status``: ``ok``, ``no_face`` (nothing found) or ``error`` (file unreadable; ``message`` says why).
 - ``detection``: ``detected`` (full-frame detector), ``verified`` (detector on a crop around a tracked face) or
   ``tracked`` (landmarks followed from the previous frame); ``detection_score``: the dlib detector's score when it ran
-  (empty for tracked frames).
+  (empty for tracked frames). Detections scoring below ``--detection_threshold`` (default
+  :data:`~sevnet_hf.data.align.MIN_FACE_SCORE`, 0.3) are not faces: weak HOG hits on textures and patches (a
+  mission patch on a suit scored 0.14) would otherwise get AU scores.
 - ``box_x0, box_y0, box_x1, box_y1``: face box in source pixels.
 - ``left_eye_x, left_eye_y, right_eye_x, right_eye_y, nose_x, nose_y, left_mouth_x, left_mouth_y, right_mouth_x,
   right_mouth_y``: the five alignment points in source pixels (left/right as seen in the image).
@@ -25,13 +32,29 @@ Output columns (one row per face per processed frame; a frame or file without a 
 Files: CSV by default, Parquet or JSON lines with ``--format``. Rows are appended to ``OUTPUT.partial`` and flushed
 after every model batch, so a crash keeps everything computed so far; ``--resume`` continues from there (the last,
 possibly unfinished source is redone). At the end the file is renamed to ``OUTPUT`` (Parquet is written from the
-JSON-lines journal in chunks with ``pyarrow.parquet.ParquetWriter``). Files that cannot be read are reported and
-skipped; the command still exits with 0.
+JSON-lines journal in chunks with ``pyarrow.parquet.ParquetWriter``); a finished ``OUTPUT`` from an earlier run is
+replaced then. A run holds an exclusive lock (``fcntl.flock``, POSIX only; not taken on Windows) on its partial file
+until it has renamed it, so a second run on the same ``OUTPUT`` stops at once with a message instead of mixing its
+rows in; the lock goes with the process, however it ends (SIGKILL included). A partial file holding rows of an
+earlier run is never truncated silently: the command stops and asks for ``--resume`` (continue it) or
+``--overwrite`` (discard it).
+
+Inputs: folders are searched recursively for files with an image or video extension (hidden files are skipped;
+the files without such an extension are listed at the end). GIF, AVIF and HEIC/HEIF files are tried as images
+(HEIC needs the ``pillow-heif`` package), then as videos; animated GIF, APNG and WebP give one row per frame per
+face, tracked like a video. Files named explicitly are always tried.
+
+Exit status: 0 when the run finished (files that cannot be read are reported, get an ``error`` row and are skipped);
+2 for usage errors, each reported in one line before any input is read: bad options, an output path that cannot be
+written (a folder, under a file, no permission), an output in use by another run, a partial file without
+``--resume``/``--overwrite``, a ``--model`` that cannot be loaded, and inputs that hold no image or video at all
+(an empty folder: nothing is written). An empty folder beside other inputs is only a warning.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -46,8 +69,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..atomic_io import write_json_atomic
-from ..data.align import TEMPLATE_SIZE, align_face, read_image, to_rgb_uint8
+from ..atomic_io import FileLockedError, open_locked, write_json_atomic
+from ..data.align import MIN_FACE_SCORE, TEMPLATE_SIZE, align_face, read_image, to_rgb_uint8
 from ..protocols import DEFAULT_THRESHOLD
 from .video import (
     VIDEO_EXTENSIONS,
@@ -55,7 +78,9 @@ from .video import (
     FoundFace,
     Landmarker,
     find_faces,
+    is_animated_image,
     is_video_path,
+    iter_animation_frames,
     iter_video_frames,
     shared_finder,
     video_info,
@@ -64,6 +89,11 @@ from .video import (
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
+# Formats OpenCV may or may not decode (it depends on its build): tried as an image with OpenCV, then Pillow (HEIC
+# through the pillow-heif plugin when installed), then as a video, as a file named explicitly is.
+OTHER_IMAGE_EXTENSIONS = frozenset({".gif", ".avif", ".heic", ".heif"})
+# Extensions whose files may hold an animation (read frame by frame; see :func:`.video.is_animated_image`).
+ANIMATION_EXTENSIONS = frozenset({".gif", ".png", ".apng", ".webp"})
 STATUS_OK, STATUS_NO_FACE, STATUS_ERROR = "ok", "no_face", "error"
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
@@ -89,6 +119,72 @@ FORMATS = {"csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl"}
 def result_columns(au_labels: Sequence[str]) -> list[str]:
     """Column names of the output table for a model with these AU labels."""
     return [*BASE_COLUMNS, *(f"{label}_prob" for label in au_labels), *au_labels]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Source names in output files
+# ----------------------------------------------------------------------------------------------------------------------
+_NEEDS_QUOTING = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_QUOTE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_UNQUOTE_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+
+
+def encode_source_name(name: str) -> str:
+    """The ``source`` text for a path: the path itself, or a C-quoted form when it is not valid UTF-8, holds a control
+    character or starts with ``"`` (see the module docstring). :func:`decode_source_name` reverses it."""
+    if not _NEEDS_QUOTING.search(name) and not name.startswith('"'):
+        return name
+    out = ['"']
+    for char in name:
+        code = ord(char)
+        if char in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode (surrogateescape) carries it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:  # any other lone surrogate (possible in Windows file names)
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def decode_source_name(text: str) -> str:
+    """The path (a ``str`` for ``open``/``os.fsencode``) that :func:`encode_source_name` wrote as ``text``."""
+    if len(text) < 2 or not (text.startswith('"') and text.endswith('"')):
+        return text
+    out, index, body = [], 0, text[1:-1]
+    while index < len(body):
+        char = body[index]
+        if char != "\\" or index + 1 == len(body):
+            out.append(char)
+            index += 1
+            continue
+        kind = body[index + 1]
+        if kind == "x" and index + 4 <= len(body):
+            code = int(body[index + 2 : index + 4], 16)
+            out.append(chr(0xDC00 + code) if code >= 0x80 else chr(code))
+            index += 4
+        elif kind == "u" and index + 6 <= len(body):
+            out.append(chr(int(body[index + 2 : index + 6], 16)))
+            index += 6
+        else:
+            out.append(_UNQUOTE_ESCAPES.get(kind, kind))
+            index += 2
+    return "".join(out)
+
+
+def _one_line(text: str, name: str | None = None) -> str:
+    """A message as one line of valid UTF-8: ``name`` in its ``source`` form, other odd characters escaped."""
+    if name and name != encode_source_name(name):
+        text = text.replace(name, encode_source_name(name))
+    if _NEEDS_QUOTING.search(text):
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # other lone surrogates
+        text = re.sub("[\x00-\x1f\x7f]", lambda match: f"\\x{ord(match.group()):02x}", text)
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -122,19 +218,20 @@ class FaceResult:
         return [label for label, on in zip(self.au_labels, self.occurrences) if on]
 
     def to_row(self) -> dict:
-        """A flat dict with the output columns (plain Python values; missing values are None)."""
+        """A flat dict with the output columns (plain Python values; missing values are None; ``source`` as
+        :func:`encode_source_name` writes it, ``message`` on one line)."""
 
         def number(value):
             return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
         row = {
-            "source": self.source,
+            "source": encode_source_name(self.source),
             "frame": int(self.frame),
             "timestamp": number(self.timestamp),
             "face": self.face,
             "track": self.track,
             "status": self.status,
-            "message": self.message,
+            "message": _one_line(self.message, self.source),
             "detection": self.detection,
             "detection_score": number(self.detection_score),
         }
@@ -188,13 +285,17 @@ def expand_inputs(inputs) -> tuple[list[_Source], list[str]]:
     """Turn paths (files, folders searched recursively), PIL images and arrays into sources, in order.
 
     Returns ``(sources, skipped)``: files inside folders without an image/video extension (and hidden files) are
-    skipped and listed; a file named explicitly is always tried.
+    skipped and listed; a file named explicitly is always tried. GIF, AVIF and HEIC/HEIF files in folders are tried
+    like files named explicitly (as an image, then as a video). Symbolic links that lead nowhere (a loop, a missing
+    target) are reported as such.
     """
-    if isinstance(inputs, (str, os.PathLike, np.ndarray)) or hasattr(inputs, "mode"):
+    if isinstance(inputs, (str, os.PathLike, np.ndarray, _Source)) or hasattr(inputs, "mode"):
         inputs = [inputs]
     sources, skipped = [], []
     for position, item in enumerate(inputs):
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, _Source):
+            sources.append(item)
+        elif isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             if os.path.isdir(path):
                 for root, dirs, files in os.walk(path):
@@ -202,17 +303,25 @@ def expand_inputs(inputs) -> tuple[list[_Source], list[str]]:
                     for name in sorted(files):
                         full = os.path.join(root, name)
                         extension = os.path.splitext(name)[1].lower()
-                        if name.startswith(".") or name.endswith(".partial"):
+                        if name.startswith(".") or name.endswith((".partial", ".partial.jsonl")):
                             continue
-                        if extension in IMAGE_EXTENSIONS:
+                        if not os.path.exists(full):  # a link to nowhere (os.walk lists those among files)
+                            sources.append(_Source(full, "error", full, message=_dangling_link_message(full)))
+                        elif extension in IMAGE_EXTENSIONS:
                             sources.append(_Source(full, "image", full))
                         elif extension in VIDEO_EXTENSIONS:
                             sources.append(_Source(full, "video", full))
+                        elif extension in OTHER_IMAGE_EXTENSIONS:
+                            sources.append(_Source(full, "unknown", full))
                         else:
                             skipped.append(full)
             elif os.path.isfile(path):
                 kind = "video" if is_video_path(path) else "image" if _has_image_extension(path) else "unknown"
                 sources.append(_Source(path, kind, path))
+            elif os.path.islink(path):
+                sources.append(_Source(path, "error", path, message=_dangling_link_message(path)))
+            elif os.path.exists(path):
+                sources.append(_Source(path, "error", path, message=f"{path}: not a regular file or folder"))
             else:
                 sources.append(_Source(path, "error", path, message=f"{path}: no such file or folder"))
         elif isinstance(item, np.ndarray) or hasattr(item, "mode"):
@@ -231,6 +340,19 @@ def expand_inputs(inputs) -> tuple[list[_Source], list[str]]:
 
 def _has_image_extension(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _dangling_link_message(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path}: symbolic link loop (the link leads back to itself); fix or remove the link"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return f"{path}: no such file or folder"
+    return f"{path}: broken symbolic link (its target {target} does not exist)"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -262,13 +384,76 @@ def processor_from_config(config):
     return SEVNetImageProcessor(size=size, crop_size=crop_size)
 
 
+class ModelLoadError(OSError):
+    """``--model`` names no loadable model; the message says which file or folder and what to do."""
+
+
+def check_model_location(name: str) -> None:
+    """Raise :class:`ModelLoadError` for a ``--model`` that is clearly a local path but no saved model folder.
+
+    A name is taken as a local path when it exists, or when it cannot be a Hub id (``owner/name``): absolute, starting
+    with ``.`` or ``~``, with more than one ``/`` or with a backslash. Other names are left to the Hub.
+    """
+    if not os.path.exists(name):
+        if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+            raise ModelLoadError(
+                f"--model {name}: no such folder; give a folder written by save_pretrained, or a Hub id (owner/name)"
+            )
+        return
+    if not os.path.isdir(name):
+        raise ModelLoadError(f"--model {name}: is a file; give the folder that holds config.json and the weights")
+    config = os.path.join(name, "config.json")
+    if not os.path.isfile(config):
+        content = "it is empty" if not os.listdir(name) else "it has no config.json"
+        raise ModelLoadError(
+            f"--model {name}: not a saved model folder ({content}); give the folder save_pretrained wrote "
+            "(config.json and model.safetensors)"
+        )
+    try:
+        with open(config, encoding="utf-8") as handle:
+            json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"--model {name}: {config} is not readable JSON ({error}); save the model again") from None
+
+
+def _model_load_error(name: str, error: Exception) -> ModelLoadError:
+    """One line for a failed ``from_pretrained``: the damaged weight file when there is one, else the reason."""
+    if os.path.isdir(name):
+        from safetensors import safe_open
+
+        for file in sorted(os.listdir(name)):
+            if not file.endswith(".safetensors"):
+                continue
+            path = os.path.join(name, file)
+            try:
+                with safe_open(path, framework="pt") as weights:
+                    weights.keys()
+            except Exception as damage:  # safetensors raises its own error type
+                return ModelLoadError(
+                    f"--model {name}: {path} is damaged or incomplete ({_one_line(str(damage))}); "
+                    "copy or download it again"
+                )
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    reason = _one_line(f"{type(error).__name__}: {first_line}")
+    where = "the folder" if os.path.isdir(name) else "no local folder of that name, and the Hub id"
+    return ModelLoadError(f"--model {name}: {where} could not be loaded ({reason})")
+
+
 def load_model_and_processor(model, processor=None, trust_remote_code: bool = False):
-    """A model (path, Hub id or loaded model) and its image processor (saved alongside, or built from the config)."""
+    """A model (path, Hub id or loaded model) and its image processor (saved alongside, or built from the config).
+
+    For a path or Hub id that gives no model (a missing or empty folder, a damaged weight file, a Hub id that cannot
+    be fetched) raises :class:`ModelLoadError`, one line that names the folder or file.
+    """
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoImageProcessor, AutoModel
 
         name = os.fspath(model)
-        loaded = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+        check_model_location(name)
+        try:
+            loaded = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except Exception as error:  # transformers, huggingface_hub and safetensors each raise their own types
+            raise _model_load_error(name, error) from error
         if processor is None:
             try:
                 processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -325,8 +510,10 @@ class AUDetector:
         processor: an image processor; by default the one saved with the model, or one built from its config.
         thresholds: per-AU thresholds; by default ``config.decision_thresholds`` (0.5 where none were set).
         detector: ``"hog"`` or ``"cnn"`` (dlib's); landmark_model: ``"5"`` or ``"68"`` (dlib's shape predictors).
-        detection_threshold: minimum detector score (HOG: SVM margin; 0 is dlib's default and what dataset
-            preparation uses). Weak false positives score near 0; real frontal faces usually score above 1.
+        detection_threshold: minimum detector score (HOG: SVM margin; CNN: confidence); default
+            :data:`~sevnet_hf.data.align.MIN_FACE_SCORE` (0.3). 0 is dlib's own default and what dataset preparation
+            uses (it keeps the largest face); weak false positives score 0.03-0.21, real faces 0.4 (turned, blurred)
+            to above 1.
         max_detect_side: longer side above which images are shrunk for detection (boxes are mapped back and the
             landmarks measured again at full resolution).
         verify_every, redetect_every: video tracking settings (see :class:`.video.FaceTracker`).
@@ -346,7 +533,7 @@ class AUDetector:
         thresholds: Sequence[float] | None = None,
         detector: str = "hog",
         landmark_model: str = "5",
-        detection_threshold: float = 0.0,
+        detection_threshold: float = MIN_FACE_SCORE,
         max_detect_side: int | None = 1600,
         verify_every: int = 10,
         redetect_every: int = 0,
@@ -496,9 +683,18 @@ class AUDetector:
             raise ValueError(source.message)
         if source.kind == "array":
             return to_rgb_uint8(source.image)
+        if source.image is not None:  # decoded by _is_image
+            image, source.image = source.image, None
+            return image
         if os.path.getsize(source.path) == 0:
             raise ValueError(f"{source.path}: empty file")
-        return read_image(source.path, orient=True)  # photos from phones are stored sideways with an EXIF tag
+        try:
+            return read_image(source.path, orient=True)  # photos from phones are stored sideways with an EXIF tag
+        except ValueError:
+            extension = os.path.splitext(source.path)[1].lower()
+            if extension not in OTHER_IMAGE_EXTENSIONS:
+                raise
+            return _read_with_pillow(source.path, extension)
 
     # -- the streaming engine --------------------------------------------------------------------------------------
     def iter_results(
@@ -591,6 +787,9 @@ class AUDetector:
             if source.kind == "video" or (source.kind == "unknown" and not self._is_image(source)):
                 for entries, frame in self._video_entries(source, every, keep_aligned):
                     yield "frame", source, entries, frame if want_frames else None
+            elif self._is_animation(source):
+                for entries, frame in self._video_entries(source, every, keep_aligned, animated=True):
+                    yield "frame", source, entries, frame if want_frames else None
             else:
                 try:
                     started = time.perf_counter()
@@ -602,8 +801,9 @@ class AUDetector:
                 yield "frame", source, entries, None
             yield "end", source, None, None
 
-    def _video_entries(self, source: _Source, every: int, keep_aligned: bool):
-        """(entries, frame) per processed frame of a video; an unreadable video gives one error entry."""
+    def _video_entries(self, source: _Source, every: int, keep_aligned: bool, animated: bool = False):
+        """(entries, frame) per processed frame of a video (or of an animated image); an unreadable video gives one
+        error entry."""
         tracker = FaceTracker(
             self.finder,
             self.landmarker,
@@ -611,7 +811,7 @@ class AUDetector:
             verify_every=self.verify_every,
             redetect_every=self.redetect_every,
         )
-        frames = iter_video_frames(source.path, every=every)
+        frames = (iter_animation_frames if animated else iter_video_frames)(source.path, every=every)
         decoded = 0
         try:
             while True:
@@ -634,13 +834,26 @@ class AUDetector:
             for key, value in tracker.counts.items():
                 self.tracker_counts[key] = self.tracker_counts.get(key, 0) + value
 
+    @staticmethod
+    def _is_animation(source: _Source) -> bool:
+        """An animated GIF, APNG or WebP (read frame by frame like a video)."""
+        if source.kind not in ("image", "unknown") or not source.path:
+            return False
+        extension = os.path.splitext(source.path)[1].lower()
+        if (source.kind == "unknown" or extension in ANIMATION_EXTENSIONS) and is_animated_image(source.path):
+            source.image = None  # frame 0, decoded by _is_image; the animation is read frame by frame instead
+            return True
+        return False
+
     def _is_image(self, source: _Source) -> bool:
         """For an explicit file without a known extension: does it decode as an image?"""
         if source.kind != "unknown":
             return True
         try:
-            self._load_still(source)
+            source.image = self._load_still(source)  # kept for the still branch, which would decode it again
             return True
+        except MissingDecoderError:
+            return True  # report the missing package rather than "not a video"
         except (ValueError, OSError):
             return os.path.getsize(source.path) == 0  # report empty files as unreadable images
 
@@ -675,6 +888,30 @@ class AUDetector:
     def detect_dataframe(self, inputs, every: int = 1, progress: bool = False):
         """All results for ``inputs`` as a pandas DataFrame with the output columns."""
         return results_to_dataframe(self.detect(inputs, every=every, progress=progress), self.au_labels)
+
+
+class MissingDecoderError(ValueError):
+    """The file's format needs a package that is not installed (the message names it)."""
+
+
+def _read_with_pillow(path: str, extension: str) -> np.ndarray:
+    """Pillow's decoders for the formats OpenCV builds may lack (GIF, AVIF; HEIC/HEIF through pillow-heif)."""
+    from PIL import Image, ImageOps
+
+    if extension in (".heic", ".heif"):
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:
+            raise MissingDecoderError(
+                f"{path}: HEIC/HEIF cannot be decoded here; install pillow-heif (pip install pillow-heif), or "
+                "convert the file to JPEG"
+            ) from None
+        register_heif_opener()
+    try:
+        with Image.open(path) as image:
+            return np.ascontiguousarray(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from error
 
 
 class _NoBar:
@@ -788,16 +1025,98 @@ def _csv_value(value) -> str:
     return str(value)
 
 
+class OutputError(OSError):
+    """The output cannot be written now; the message names the path and what to do (a usage error, exit 2)."""
+
+
+def partial_path(path: str | os.PathLike, fmt: str) -> str:
+    """The file rows go to while a run is under way: ``PATH.partial`` (``PATH.partial.jsonl`` for Parquet)."""
+    return os.fspath(path) + (".partial.jsonl" if fmt == "parquet" else ".partial")
+
+
+def _claim_output(path: str, fmt: str, resume: bool, overwrite: bool) -> tuple[int, int]:
+    """Open and lock the partial file of ``path``; returns (descriptor, rows it already holds).
+
+    Raises :class:`OutputError` for a folder, a path under a file, no permission, a partial file locked by another
+    run, and a partial file with rows when neither ``resume`` nor ``overwrite`` is set.
+    """
+    if resume and overwrite:
+        raise OutputError("--resume and --overwrite exclude each other: continue the earlier run, or discard it")
+    if os.path.isdir(path):
+        example = os.path.join(path, f"au_detections{FORMATS[fmt]}")
+        raise OutputError(f"--output {path} is a folder; give a file name, e.g. --output {example}")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"--output {path}: {existing} is a file, not a folder; choose another --output")
+    partial = partial_path(path, fmt)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = open_locked(partial)
+    except FileLockedError:
+        raise OutputError(
+            f"--output {path} is being written by another sevnet-hf detect run ({partial} is locked); wait for it "
+            "to finish, or choose another --output"
+        ) from None
+    except OSError as error:
+        raise OutputError(
+            f"--output {path}: cannot write there ({error.strerror or error}); choose a folder you can write to"
+        ) from None
+    rows = _count_lines(fd) - (1 if fmt == "csv" else 0)
+    if rows > 0 and not resume and not overwrite:
+        os.close(fd)
+        raise OutputError(
+            f"{partial} holds {rows} row(s) of an earlier run that did not finish; add --resume to continue it, "
+            "or --overwrite to discard those rows and start again"
+        )
+    return fd, max(rows, 0)
+
+
+def _count_lines(fd: int) -> int:
+    """Complete (newline-terminated) lines in an open file."""
+    count = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        count += chunk.count(b"\n")
+    return count
+
+
+def check_output(path: str | os.PathLike, fmt: str, resume: bool = False, overwrite: bool = False) -> None:
+    """Raise :class:`OutputError` unless a run could write ``path`` now (what :class:`ResultWriter` checks), without
+    leaving anything behind: the command runs this before loading the model."""
+    path = os.fspath(path)
+    partial = partial_path(path, fmt)
+    existed = os.path.lexists(partial)
+    fd, _ = _claim_output(path, fmt, resume, overwrite)
+    try:
+        if not existed:
+            os.remove(partial)  # still locked: nobody else can be using the empty file we created
+    finally:
+        os.close(fd)
+
+
 class ResultWriter:
     """Append result rows to ``PATH.partial`` (flushed per batch); :meth:`close` renames it to ``PATH``.
 
     CSV and JSON lines are written in their final format; Parquet goes through a JSON-lines journal
     (``PATH.partial.jsonl``) converted at the end, since a Parquet file is unreadable until its footer is written.
-    With ``resume=True`` an existing partial file is kept: :attr:`done_sources` lists the sources it completed, and
-    the rows of its last source (possibly unfinished) are dropped so that source runs again.
+    The partial file stays locked (:func:`~sevnet_hf.atomic_io.open_locked`) from here until :meth:`close` has
+    renamed it, so a second writer on the same path fails at once with :class:`OutputError`. A partial file that
+    holds rows is continued with ``resume=True`` (:attr:`done_sources` lists the sources it completed; the rows of
+    its last source, possibly unfinished, are cut off so that source runs again), emptied with ``overwrite=True``,
+    and otherwise left alone with an :class:`OutputError` that names both options.
     """
 
-    def __init__(self, path: str | os.PathLike, fmt: str, au_labels: Sequence[str], resume: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fmt: str,
+        au_labels: Sequence[str],
+        resume: bool = False,
+        overwrite: bool = False,
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"unknown output format {fmt!r}; choose one of {sorted(FORMATS)}")
         self.path = os.fspath(path)
@@ -805,65 +1124,76 @@ class ResultWriter:
         self.au_labels = tuple(au_labels)
         self.columns = result_columns(au_labels)
         self.journal_format = "jsonl" if fmt == "parquet" else fmt
-        self.partial = self.path + (".partial.jsonl" if fmt == "parquet" else ".partial")
+        self.partial = partial_path(self.path, fmt)
         self.done_sources: set[str] = set()
         self.rows = 0
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        if resume and os.path.exists(self.partial):
-            self._recover()
-            self._handle = open(self.partial, "a", encoding="utf-8", newline="")
-        else:
-            self._handle = open(self.partial, "w", encoding="utf-8", newline="")
-            if self.journal_format == "csv":
-                csv.writer(self._handle).writerow(self.columns)
-                self._handle.flush()
+        fd, existing = _claim_output(self.path, fmt, resume, overwrite)
+        try:
+            keep = self._recover() if resume and existing else 0
+            os.ftruncate(fd, keep)
+            self._handle = open(fd, "r+", encoding="utf-8", newline="")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._handle.seek(0, os.SEEK_END)
+        if keep == 0 and self.journal_format == "csv":
+            csv.writer(self._handle).writerow(self.columns)
+            self._handle.flush()
 
-    def _read_partial(self) -> Iterator[tuple[str, str]]:
-        """(source, raw line) of every complete row of the partial file."""
-        with open(self.partial, encoding="utf-8", newline="") as handle:
+    def _recover(self) -> int:
+        """Read the partial file: fill :attr:`done_sources` and :attr:`rows`; returns the byte length to keep (the
+        header and every row before the last source's, or before the first damaged line)."""
+        sources: list[tuple[str, int, int]] = []  # (source as written, byte offset of its first row, rows before it)
+        rows = 0
+        with open(self.partial, "rb") as handle:
+            offset = 0
             if self.journal_format == "csv":
                 header = handle.readline()
-                found = next(csv.reader([header]), [])
+                found = next(csv.reader([header.decode("utf-8", "replace")]), [])
+                if not header.endswith(b"\n"):
+                    return 0  # the header itself was cut off: start again
                 if found != self.columns:
-                    raise ValueError(
-                        f"{self.partial}: its columns differ from this model's ({len(found)} vs {len(self.columns)}); "
-                        "resume with the same model, or delete the partial file to start again"
+                    raise OutputError(
+                        f"{self.partial}: its columns differ from this model's ({len(found)} vs {len(self.columns)});"
+                        " resume with the same model, or start again with --overwrite"
                     )
-                for line in handle:
-                    if not line.endswith("\n"):
-                        break  # a row cut off by the crash
-                    fields = next(csv.reader([line]), [])
-                    if len(fields) == len(self.columns):
-                        yield fields[0], line
-            else:
-                for line in handle:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        break
-                    if list(row) != self.columns:
-                        raise ValueError(
-                            f"{self.partial}: its rows have other columns than this model's output; resume with the "
-                            "same model, or delete the partial file to start again"
-                        )
-                    yield row["source"], line
+                offset = len(header)
+            end = offset
+            for line in handle:
+                source = self._row_source(line)
+                if source is None:
+                    break  # a row cut off by the crash (or damaged): it and everything after it are redone
+                if not sources or sources[-1][0] != source:
+                    sources.append((source, end, rows))
+                rows += 1
+                end += len(line)
+        if not sources:
+            return end
+        _, keep, self.rows = sources[-1]
+        self.done_sources = {decode_source_name(source) for source, _, _ in sources[:-1]}
+        return keep
 
-    def _recover(self) -> None:
-        sources = []
-        for source, _ in self._read_partial():
-            if not sources or sources[-1] != source:
-                sources.append(source)
-        last = sources[-1] if sources else None
-        self.done_sources = set(sources[:-1])
-        tmp = self.partial + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
-            if self.journal_format == "csv":
-                csv.writer(out).writerow(self.columns)
-            for source, line in self._read_partial():
-                if source != last:
-                    out.write(line)
-                    self.rows += 1
-        os.replace(tmp, self.partial)
+    def _row_source(self, line: bytes) -> str | None:
+        """The ``source`` of one complete row of the partial file, or None for a cut-off or damaged line."""
+        if not line.endswith(b"\n"):
+            return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if self.journal_format == "csv":
+            fields = next(csv.reader([text]), [])
+            return fields[0] if len(fields) == len(self.columns) else None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(row, dict) or list(row) != self.columns:
+            raise OutputError(
+                f"{self.partial}: its rows have other columns than this model's output; resume with the same model, "
+                "or start again with --overwrite"
+            )
+        return row["source"]
 
     def write(self, results: Sequence[FaceResult]) -> None:
         """Append rows and flush them to the file."""
@@ -879,27 +1209,39 @@ class ResultWriter:
         self.rows += len(results)
 
     def close(self) -> None:
-        """Finish: rename the partial file (or convert the journal to Parquet) to the final path."""
-        self._handle.close()
-        if self.format != "parquet":
-            os.replace(self.partial, self.path)
-            return
+        """Finish: rename the partial file (or convert the journal to Parquet) to the final path, then let go of the
+        lock (held until the rename, so no other run can take the file over half-way)."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        try:
+            if self.format != "parquet":
+                os.replace(self.partial, self.path)
+            else:
+                self._write_parquet()
+                os.remove(self.partial)
+        finally:
+            self._handle.close()
+
+    def _write_parquet(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         schema = _arrow_schema(self.columns, self.au_labels)
-        tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.tmp")
-        with pq.ParquetWriter(tmp, schema) as writer, open(self.partial, encoding="utf-8") as journal:
-            chunk = []
-            for line in journal:
-                chunk.append(json.loads(line))
-                if len(chunk) >= 8192:
+        tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.tmp-{os.getpid()}")
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer, open(self.partial, encoding="utf-8") as journal:
+                chunk = []
+                for line in journal:
+                    chunk.append(json.loads(line))
+                    if len(chunk) >= 8192:
+                        writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                        chunk = []
+                if chunk:
                     writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                    chunk = []
-            if chunk:
-                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-        os.replace(tmp, self.path)
-        os.remove(self.partial)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def read_results(path: str | os.PathLike):
@@ -939,7 +1281,11 @@ class DetectArguments:
     detector: str = field(default="hog", metadata={"help": "dlib detector: hog (fast) | cnn (slow on CPU)."})
     landmark_model: str = field(default="5", metadata={"help": "dlib shape predictor: 5 | 68 points."})
     detection_threshold: float = field(
-        default=0.0, metadata={"help": "Minimum detector score (0: dlib's default, as in dataset preparation)."}
+        default=MIN_FACE_SCORE,
+        metadata={
+            "help": f"Minimum detector score for a face (default {MIN_FACE_SCORE}: weak hits on textures score "
+            "0.03-0.21, real faces 0.4 and more; 0: dlib's own default, as in dataset preparation)."
+        },
     )
     max_detect_side: int = field(
         default=1600, metadata={"help": "Longer side above which images are shrunk for face detection only."}
@@ -963,6 +1309,9 @@ class DetectArguments:
     )
     channels_last: bool = field(default=True, metadata={"help": "Run the model in channels-last memory format."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted run from OUTPUT.partial."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Discard the rows of an interrupted run in OUTPUT.partial and start again."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with frames per second."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub models that ship their own code."})
     stats_json: str | None = field(
@@ -1034,36 +1383,64 @@ def _save_attention_grids(results: Sequence[FaceResult], folder: str, detector: 
         result.aligned_face = None  # drop the pixels once drawn
 
 
+def _usage_error(message: str) -> int:
+    print(f"sevnet-hf detect: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _expand_command_inputs(inputs: Sequence[str]) -> tuple[list[_Source], list[str], list[str]]:
+    """Sources and skipped files of the command's inputs, and the folders among them with no image or video."""
+    sources, skipped, barren = [], [], []
+    for item in inputs:
+        found, ignored = expand_inputs([item])
+        sources.extend(found)
+        skipped.extend(ignored)
+        if not found and os.path.isdir(item):
+            barren.append(item)
+    return sources, skipped, barren
+
+
+def _ignored_note(skipped: Sequence[str]) -> str:
+    names = ", ".join(encode_source_name(name) for name in skipped[:10])
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return f"{len(skipped)} file(s) without an image or video extension ignored (name one to try it): {names}{more}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``sevnet-hf detect``: write one row per face per frame; report unreadable inputs and carry on."""
-    args = parse_detect_args(argv)
+    """``sevnet-hf detect``: write one row per face per frame; report unreadable inputs and carry on.
+
+    Returns 0 when the run finished, 2 for a usage error (see the module docstring), each reported in one line.
+    """
+    try:
+        args = parse_detect_args(argv)
+    except ValueError as error:  # a field's check in DetectArguments.__post_init__ (e.g. --format xlsx)
+        return _usage_error(str(error))
     if not args.inputs:
-        print("sevnet-hf detect: give at least one image, folder or video (sevnet-hf detect --help)", file=sys.stderr)
-        return 2
+        return _usage_error("give at least one image, folder or video (sevnet-hf detect --help)")
+    output, fmt = args.resolved_output()
+    try:
+        check_output(output, fmt, resume=args.resume, overwrite=args.overwrite)
+    except OutputError as error:
+        return _usage_error(str(error))
+    sources, skipped, barren = _expand_command_inputs(args.inputs)
+    if not sources:
+        where = ", ".join(encode_source_name(item) for item in args.inputs)
+        note = f"; {_ignored_note(skipped)}" if skipped else ""
+        return _usage_error(f"no image or video found in {where}{note}; nothing was written")
+    for folder in barren:
+        print(f"sevnet-hf detect: warning: {encode_source_name(folder)}: no image or video in it", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    output, fmt = args.resolved_output()
-    detector = AUDetector(
-        args.model,
-        device=args.device,
-        batch_size=args.batch_size,
-        upsample=args.upsample,
-        detector=args.detector,
-        landmark_model=args.landmark_model,
-        detection_threshold=args.detection_threshold,
-        max_detect_side=args.max_detect_side,
-        verify_every=args.verify_every,
-        redetect_every=args.redetect_every,
-        trust_remote_code=args.trust_remote_code,
-        prefetch=args.prefetch,
-        channels_last=args.channels_last,
-    )
-    writer = ResultWriter(output, fmt, detector.au_labels, resume=args.resume)
+    try:
+        detector = _command_detector(args)
+        writer = ResultWriter(output, fmt, detector.au_labels, resume=args.resume, overwrite=args.overwrite)
+    except (ModelLoadError, OutputError, ValueError) as error:  # ValueError: --device, --batch_size, thresholds
+        return _usage_error(str(error))
     want_attention = args.save_attention is not None
     problems: list[str] = []
     no_face: dict[str, int] = {}
     for batch in detector.iter_results(
-        args.inputs,
+        sources,
         every=args.every,
         output_attentions=want_attention,
         keep_aligned=want_attention,
@@ -1078,15 +1455,34 @@ def main(argv: list[str] | None = None) -> int:
         detector.stats.seconds["write"] += time.perf_counter() - started
         for result in batch:
             if result.status == STATUS_ERROR:
-                problems.append(result.message)
+                problems.append(_one_line(result.message, result.source))
             elif result.status == STATUS_NO_FACE:
-                no_face[result.source] = no_face.get(result.source, 0) + 1
+                name = encode_source_name(result.source)
+                no_face[name] = no_face.get(name, 0) + 1
     writer.close()
     stats = detector.stats.as_dict(detector.tracker_counts)
-    _print_summary(stats, output, writer, problems, no_face, detector.skipped)
+    _print_summary(stats, output, writer, problems, no_face, skipped)
     if args.stats_json:
         write_json_atomic(args.stats_json, {**stats, "output": output, "rows": writer.rows, "problems": problems})
     return 0
+
+
+def _command_detector(args: DetectArguments) -> AUDetector:
+    return AUDetector(
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        upsample=args.upsample,
+        detector=args.detector,
+        landmark_model=args.landmark_model,
+        detection_threshold=args.detection_threshold,
+        max_detect_side=args.max_detect_side,
+        verify_every=args.verify_every,
+        redetect_every=args.redetect_every,
+        trust_remote_code=args.trust_remote_code,
+        prefetch=args.prefetch,
+        channels_last=args.channels_last,
+    )
 
 
 def _print_summary(stats, output, writer, problems, no_face, skipped) -> None:
@@ -1110,9 +1506,7 @@ def _print_summary(stats, output, writer, problems, no_face, skipped) -> None:
         for message in problems:
             print(f"  {message}", file=out)
     if skipped:
-        print(
-            f"ignored {len(skipped)} file(s) without an image or video extension: {', '.join(skipped[:10])}", file=out
-        )
+        print(_ignored_note(skipped), file=out)
     sys.stderr.write(out.getvalue())
 
 

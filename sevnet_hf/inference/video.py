@@ -72,7 +72,12 @@ def _open_capture(path: str | os.PathLike):
 
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise ValueError(f"{path}: empty file")
-    capture = cv2.VideoCapture(os.fspath(path))
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in the name: OpenCV crashes (SIGSEGV) on such a str
+        name = os.fsencode(name)
+    capture = cv2.VideoCapture(name)
     if not capture.isOpened():
         capture.release()
         raise ValueError(f"{path}: cannot be opened as a video (unknown format or damaged file)")
@@ -130,6 +135,55 @@ def iter_video_frames(
             index += 1
     finally:
         capture.release()
+
+
+# Still-image formats that can hold an animation; their frames are read with Pillow, like a video's.
+ANIMATED_IMAGE_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+
+
+def is_animated_image(path: str | os.PathLike) -> bool:
+    """True for an image file with more than one frame (animated GIF, APNG or WebP); False otherwise or if unreadable.
+
+    Multi-picture JPEGs (MPO: a camera's preview or stereo pair) and multi-page TIFFs are not animations and count
+    as stills, read as their first picture.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format in ANIMATED_IMAGE_FORMATS and getattr(image, "n_frames", 1) > 1
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return False
+
+
+def iter_animation_frames(
+    path: str | os.PathLike, every: int = 1, max_frames: int | None = None
+) -> Iterator[tuple[int, float, np.ndarray]]:
+    """:func:`iter_video_frames` for animated images: ``(frame_index, timestamp_seconds, rgb_uint8)``.
+
+    The timestamp is the sum of the durations of the frames before (each frame's own ``duration``, in ms). A frame
+    that cannot be decoded ends the animation with ``ValueError`` naming the file and the frame.
+    """
+    from PIL import Image
+
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    with Image.open(path) as image:
+        elapsed_ms = 0.0
+        yielded = 0
+        for index in range(getattr(image, "n_frames", 1)):
+            if max_frames is not None and yielded >= max_frames:
+                break
+            try:
+                image.seek(index)
+                duration = float(image.info.get("duration") or 0.0)
+                rgb = np.asarray(image.convert("RGB")) if index % every == 0 else None
+            except (OSError, ValueError, EOFError) as error:
+                raise ValueError(f"{path}: frame {index} cannot be decoded ({error})") from error
+            if rgb is not None:
+                yield index, elapsed_ms / 1000.0, np.ascontiguousarray(rgb)
+                yielded += 1
+            elapsed_ms += duration
 
 
 # ----------------------------------------------------------------------------------------------------------------------
