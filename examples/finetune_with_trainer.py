@@ -1,7 +1,15 @@
 """Fine-tune a saved SEV-Net on a prepared dataset with a different AU set, with ``transformers.Trainer``.
 
-The backbone and the Inter-AU encoder are reused; the new AUs get their descriptions (shipped, or your JSON file) and
-a recomputed frozen AU text table; the shared classifier carries over (it does not depend on the AU set).
+The new AUs get their descriptions (shipped, or your JSON file) and a recomputed frozen AU text table. The backbone,
+the Inter-AU encoder and the projections carry over. The classifier depends on the model's head:
+
+- a shared classifier (the paper's Eq. 7, ``shared_classifier=True``): one function applied to every AU's feature,
+  so it carries over;
+- one classifier per AU (``shared_classifier=False``) or a shared one with per-AU biases
+  (``classifier_per_au_bias=True``): it has parameters per AU, so it is re-initialised for the new AUs and learnt
+  from scratch here (per-AU biases start at the training base rates, as in ``sevnet-hf train``).
+
+The script prints which parts carried over, read from the weights before and after the change.
 
     python examples/finetune_with_trainer.py --model outputs/demo/train/model --dataset prepared/disfa \
         --text_encoder sentence-transformers/bert-large-nli-mean-tokens --output_dir outputs/disfa_ft --fold 1
@@ -38,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sevnet_hf.data.folds import split_fold
     from sevnet_hf.data.schema import load_prepared, read_metadata
     from sevnet_hf.data.transforms import AUImageDataset
+    from sevnet_hf.training.build import adapt_au_set
     from sevnet_hf.training.loop import parse_args
     from sevnet_hf.training.trainer_utils import AUDataCollator, make_compute_metrics
 
@@ -46,10 +55,20 @@ def main(argv: list[str] | None = None) -> dict:
     processor = AutoImageProcessor.from_pretrained(args.model)
     dataset = load_prepared(args.dataset)
     metadata = read_metadata(args.dataset)
-    model.set_au_descriptions(args.descriptions, text_encoder=args.text_encoder, aus=metadata["aus"])
     splits = split_fold(dataset, args.fold, metadata=metadata, seed=args.seed)
     columns = metadata["au_columns"]
     parts = {name: AUImageDataset(splits[name], columns, size=processor.size) for name in splits}
+    train_labels = parts["train"].labels.numpy()
+    print(
+        adapt_au_set(
+            model,
+            metadata["aus"],
+            descriptions=args.descriptions,
+            text_encoder=args.text_encoder,
+            train_labels=train_labels,
+        ),
+        flush=True,
+    )
 
     training_args = TrainingArguments(
         output_dir=args.output_dir,

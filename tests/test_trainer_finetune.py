@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sevnet_hf import SEVNetForAUDetection, SEVNetImageProcessor
@@ -36,7 +37,46 @@ def test_compute_metrics_matches_the_protocol():
     assert metrics["f1_mean"] == (metrics["f1_AU1"] + metrics["f1_AU2"]) / 2
 
 
-def test_example_finetunes_a_saved_model_on_another_au_set(tmp_path, tiny_text_encoder_dir):
+@pytest.mark.parametrize(
+    ("head", "carried"),
+    [
+        ({}, True),  # the paper's shared classifier
+        ({"classifier_per_au_bias": True}, False),
+        ({"shared_classifier": False}, False),
+    ],
+)
+def test_moving_to_another_au_set_says_what_carried_over_per_head_type(tiny_text_encoder_dir, head, carried):
+    from sevnet_hf.training.build import adapt_au_set
+
+    torch.manual_seed(0)
+    model = SEVNetForAUDetection.from_backbones(
+        tiny_config(**head), backbone_weights=None, text_encoder=tiny_text_encoder_dir
+    )
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    labels = np.array([[1, 0, -1], [1, 0, 0], [0, 1, 1], [1, 0, 1]])
+    line = adapt_au_set(model, [9, 25, 26], text_encoder=tiny_text_encoder_dir, train_labels=labels)
+    after = model.state_dict()
+    assert line.startswith("AU set AU1 AU2 AU4 AU6 AU12 -> AU9 AU25 AU26: carried over sevnet.backbone")
+    assert torch.equal(after["sevnet.backbone.conv1.weight"], before["sevnet.backbone.conv1.weight"])
+    classifier_kept = all(
+        key in before and before[key].shape == value.shape and torch.equal(before[key], value)
+        for key, value in after.items()
+        if key.startswith("classifier.")
+    )
+    assert classifier_kept == carried
+    if carried:
+        assert "so its classifier carried over" in line and "new: sevnet.au_text_embeddings (" in line
+    else:
+        assert "classifier was re-initialised for the new AUs and must be trained" in line
+        assert "new: sevnet.au_text_embeddings, classifier" in line
+    if "classifier_per_au_bias" in head:  # new per-AU biases start at the training base rates, as in a new run
+        rates = np.clip([3 / 4, 1 / 4, 2 / 3], 0.01, 0.99)
+        torch.testing.assert_close(
+            model.classifier.au_bias, torch.tensor(np.log(rates / (1 - rates)), dtype=torch.float32)
+        )
+
+
+def test_example_finetunes_a_saved_model_on_another_au_set(tmp_path, tiny_text_encoder_dir, capsys):
     data = make_prepared_dataset(tmp_path / "new_aus", aus=(9, 25, 26), size=72)
     torch.manual_seed(0)
     model = SEVNetForAUDetection.from_backbones(
@@ -62,6 +102,9 @@ def test_example_finetunes_a_saved_model_on_another_au_set(tmp_path, tiny_text_e
             "4",
         ]
     )
+    printed = capsys.readouterr().out
+    assert "AU set AU1 AU2 AU4 AU6 AU12 -> AU9 AU25 AU26: carried over sevnet.backbone" in printed
+    assert "a shared classifier (one function for every AU), so its classifier carried over" in printed
     assert np.isfinite(metrics["test_loss"])
     assert {"test_f1_AU9", "test_f1_AU25", "test_f1_AU26", "test_f1_mean"} <= set(metrics)
     tuned = SEVNetForAUDetection.from_pretrained(out)

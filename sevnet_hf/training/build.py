@@ -21,10 +21,11 @@ def model_classes(model_type: str):
     return MODEL_TYPES[model_type]
 
 
-def build_model(args: TrainArguments, aus: list[int], train_labels: np.ndarray):
+def build_model(args: TrainArguments, aus: list[int], train_labels: np.ndarray, verbose: bool = True):
     """Return ``(model, image_processor)`` for a run on a dataset with AU numbers ``aus``.
 
-    ``train_labels`` (training subjects only) build the label graph of the graph baselines.
+    ``train_labels`` (training subjects only) build the label graph of the graph baselines and start per-AU biases.
+    With ``verbose``, a saved model moved to another AU set prints which of its parts carried over.
     """
     from transformers import AutoModelForImageClassification
 
@@ -32,8 +33,11 @@ def build_model(args: TrainArguments, aus: list[int], train_labels: np.ndarray):
     if args.model_name_or_path:
         model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path)
         if model.config.aus != list(aus) or args.descriptions:
-            # New AU set: new descriptions, recomputed AU table; backbone and Inter-AU weights are reused.
-            model.set_au_descriptions(args.descriptions, text_encoder=args.text_encoder, aus=list(aus))
+            carried = adapt_au_set(
+                model, aus, descriptions=args.descriptions, text_encoder=args.text_encoder, train_labels=train_labels
+            )
+            if verbose:
+                print(carried, flush=True)
         try:
             processor = SEVNetImageProcessor.from_pretrained(args.model_name_or_path)
         except OSError:
@@ -76,3 +80,58 @@ def init_au_bias_from_base_rates(model, train_labels: np.ndarray) -> None:
     rates = np.clip((labels * known).sum(0) / np.maximum(known.sum(0), 1), 0.01, 0.99)
     with torch.no_grad():
         au_bias.copy_(torch.from_numpy(np.log(rates / (1 - rates))).to(au_bias.dtype))
+
+
+def _model_part(key: str, prefix: str) -> str:
+    """The part a weight belongs to: ``sevnet.backbone`` for ``sevnet.backbone.layer1.0.conv1.weight``,
+    ``classifier`` for ``classifier.weight``."""
+    pieces = key.split(".")
+    return ".".join(pieces[:2]) if pieces[0] == prefix and len(pieces) > 1 else pieces[0]
+
+
+def adapt_au_set(
+    model,
+    aus: list[int],
+    *,
+    descriptions=None,
+    text_encoder=None,
+    train_labels: np.ndarray | None = None,
+) -> str:
+    """Move a trained SEV-Net to the AU set ``aus`` (descriptions, recomputed AU text table) and say what carried over.
+
+    What carries over depends on the classifier: a shared classifier (the paper's Eq. 7, one function applied to
+    every AU's feature) does not depend on the AU set and is kept; a classifier with per-AU parameters (one
+    classifier per AU, or per-AU biases) is rebuilt for the new AUs, untrained; its per-AU biases then start at the
+    training base rates (``train_labels``) as in a new run. The answer is read from the weights before and after,
+    part by part, and returned as one line to log.
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    before = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    old_labels = list(model.config.au_labels)
+    model.set_au_descriptions(descriptions, text_encoder=text_encoder, aus=list(aus))
+    after = model.state_dict()
+    changed = {
+        _model_part(key, prefix)
+        for key, value in after.items()
+        if key not in before or before[key].shape != value.shape or not torch.equal(before[key], value.detach())
+    }
+    parts = list(dict.fromkeys(_model_part(key, prefix) for key in after))
+    kept = [part for part in parts if part not in changed]
+    new = [part for part in parts if part in changed]
+    config = model.config
+    if not getattr(config, "shared_classifier", True):
+        head = "one classifier per AU"
+    elif getattr(config, "classifier_per_au_bias", False):
+        head = "a shared classifier with per-AU biases"
+    else:
+        head = "a shared classifier (one function for every AU)"
+    if "classifier" in new:
+        if train_labels is not None:
+            init_au_bias_from_base_rates(model, train_labels)
+        verdict = f"the model has {head}, so its classifier was re-initialised for the new AUs and must be trained"
+    else:
+        verdict = f"the model has {head}, so its classifier carried over"
+    return (
+        f"AU set {' '.join(old_labels)} -> {' '.join(config.au_labels)}: carried over {', '.join(kept) or 'nothing'}; "
+        f"new: {', '.join(new) or 'nothing'} (the AU text table is recomputed from the descriptions); {verdict}."
+    )

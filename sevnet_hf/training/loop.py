@@ -266,7 +266,7 @@ def train(args: TrainArguments) -> dict:
     absent_aus = aus_without_positives(train_labels, au_columns, warn=main)
 
     set_seed(args.seed)  # here, so that building the decoded cache (which draws loader seeds) changes nothing
-    model, processor = build_model(args, aus, train_labels)
+    model, processor = build_model(args, aus, train_labels, verbose=main)
     if args.channels_last:  # faster convolutions on GPU and on CPU (oneDNN): measured 1.8x for resnet18 on 2 cores
         model = model.to(memory_format=torch.channels_last)
     augment = DeviceAugment(
