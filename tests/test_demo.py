@@ -55,5 +55,18 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
     assert model.config.shared_classifier and not model.config.classifier_per_au_bias
     assert model.config.backbone_output_stride == 16 and model.config.au_diversity_weight == 1.0
-    # Running again reuses the prepared data and the finished training (resumable main job).
+    # It leaves what a user needs (model folders, figures, CSV, metrics, the prepared faces) and says how much.
+    for run in (out / "train", out / "baseline_resnet"):
+        assert not (run / "checkpoints").exists() and not (run / "best_model").exists(), run
+        assert (run / "model" / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+    assert not (out / "data" / "decoded").exists() and not (out / "data" / "shards").exists()
+    assert (out / "data" / "dataset").is_dir()
+    left = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert 0 <= left - summary["disk_left_bytes"] < 4096  # all but demo_summary.json itself
+    assert summary["disk_removed_bytes"] > 2 * left  # checkpoints with optimizer state, model copies, caches
+    assert f"Left {left / 1e6:.1f} MB in {out}: attention_maps.png" in printed
+    # Running again reuses the prepared data and the finished trainings (resumable main job).
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the prepared faces" in printed and printed.count("reusing the finished training") == 2
+    assert not (out / "train" / "checkpoints").exists()

@@ -5,11 +5,18 @@
 3. tests on unseen subjects and prints the per-AU F1 table beside a frequency-prior baseline;
 4. saves the model folder (``from_pretrained``-loadable), a training curve and an attention-map figure;
 5. runs the detector on a public-domain real photo (NASA's astronaut portrait from scikit-image).
+
+It leaves what a user needs: the model folders (weights, card, results), the figures, the photo's CSV, the metrics
+and the prepared faces, and prints what it left and its size. Epoch checkpoints (optimizer state, for resuming) are
+kept only while a training is unfinished; a finished one drops them with its best-model folder (the same weights as
+``model/``), and a finished demo drops the decoded-face cache and the preparation shards (both rebuilt when needed).
+A rerun with the same options reuses the prepared faces and the finished trainings.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -156,10 +163,80 @@ def _attention_on_test(model, processor, test, au_columns: list[str], aligned_si
     return attention_summary(model, processor, spread, au_columns, max_images=faces, aligned_size=aligned_size)
 
 
+# What a training run writes that only serves an unfinished run or repeats another file: the epoch checkpoints
+# (model and optimizer state, for --resume) and best_model/ (the weights model/ holds too). The decoded-face cache and
+# the preparation shards are caches of the prepared dataset.
+TRAINING_STATE = ("checkpoints", "best_model")
+DATA_CACHES = ("decoded", "shards")
+
+
+def _bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{max(1, round(size / 1e3))} kB"
+
+
+def _remove(paths) -> int:
+    """Delete files and folders; returns the bytes freed."""
+    freed = 0
+    for path in paths:
+        freed += _bytes(path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return freed
+
+
+def _same_synthetic_data(data_dir: Path, args: DemoArguments) -> bool:
+    """Whether ``data_dir`` holds a finished synthetic set of this preset and seed (a function of both)."""
+    from ..datasets_scripts.synthetic import GENERATOR_VERSION
+
+    try:
+        made = json.loads((data_dir / "metadata.json").read_text(encoding="utf-8")).get("synthetic", {})
+    except (OSError, ValueError):
+        return False
+    wanted = {"preset": args.preset, "seed": args.seed, "generator_version": GENERATOR_VERSION}
+    return (data_dir / "dataset").is_dir() and all(made.get(key) == value for key, value in wanted.items())
+
+
+def _train_or_reuse(train_args) -> tuple[dict, int]:
+    """Results of a finished training with exactly these arguments (model folder intact), or of a new one, which
+    then drops the state only a resumed run needs. Returns ``(results, bytes freed)``."""
+    from .loop import train
+
+    output_dir = Path(train_args.output_dir)
+    try:
+        results = json.loads((output_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        results = None
+    arguments = json.loads(json.dumps(vars(train_args), default=float))
+    if results and results.get("arguments") == arguments and (output_dir / "model" / "config.json").is_file():
+        print(f"      reusing the finished training in {output_dir}", flush=True)
+        return results, _remove([output_dir / name for name in TRAINING_STATE])
+    results = train(train_args)
+    return results, _remove([output_dir / name for name in TRAINING_STATE])
+
+
+def disk_use(out: Path, freed: int) -> tuple[str, int]:
+    """A line saying what the demo left in ``out`` (each top-level entry's size) and what it removed; and the total."""
+    entries = sorted(out.iterdir())
+    left = sum(_bytes(path) for path in entries)
+    listed = ", ".join(f"{path.name}{'/' if path.is_dir() else ''} {_megabytes(_bytes(path))}" for path in entries)
+    line = (
+        f"Left {_megabytes(left)} in {out}: {listed}. Removed {_megabytes(freed)}: epoch checkpoints (kept only "
+        "while a training is unfinished), the best-model copies of model/ and the face caches."
+    )
+    return line, left
+
+
 def run(args: DemoArguments) -> dict:
     from ..data.schema import read_metadata
     from ..offline_assets import astronaut_photo, minilm_encoder_path
-    from .loop import train
 
     started = time.perf_counter()
     out = Path(args.output_dir)
@@ -168,7 +245,10 @@ def run(args: DemoArguments) -> dict:
     print(f"[1/5] Synthetic AU faces ({args.preset}) -> {data_dir}", flush=True)
     from ..datasets_scripts import synthetic
 
-    synthetic.main(["--output", str(data_dir), "--preset", args.preset, "--seed", str(args.seed)])
+    if _same_synthetic_data(data_dir, args):
+        print(f"      reusing the prepared faces in {data_dir}", flush=True)
+    else:
+        synthetic.main(["--output", str(data_dir), "--preset", args.preset, "--seed", str(args.seed)])
 
     head = "shared classifier (Eq. 7)" if args.shared_classifier else "one classifier per AU"
     print(
@@ -177,14 +257,15 @@ def run(args: DemoArguments) -> dict:
         flush=True,
     )
     train_args = demo_train_arguments(args, data_dir, out / "train", args.text_encoder or minilm_encoder_path())
-    results = train(train_args)
+    results, freed = _train_or_reuse(train_args)
     model_dir = out / "train" / "model"
     baselines = {}
     if args.baseline:
         print("[2/5] Training the ResNet-18 baseline (same backbone and recipe, average pooling + linear)", flush=True)
         baseline_args = demo_train_arguments(args, data_dir, out / "baseline_resnet", train_args.text_encoder)
         baseline_args.model_type = "resnet"
-        baselines["ResNet-18"] = train(baseline_args)
+        baselines["ResNet-18"], baseline_freed = _train_or_reuse(baseline_args)
+        freed += baseline_freed
 
     print("[3/5] Test on unseen subjects (per-AU F1, %)", flush=True)
     table = _f1_table(results, baselines)
@@ -236,8 +317,12 @@ def run(args: DemoArguments) -> dict:
         "seconds": time.perf_counter() - started,
         "table": table,
     }
+    freed += _remove([data_dir / name for name in DATA_CACHES])
+    summary["disk_removed_bytes"] = freed
+    summary["disk_left_bytes"] = disk_use(out, freed)[1]  # before this file is written (about 2 KB more)
     write_json_atomic(out / "demo_summary.json", summary)
     print(closing_lines(summary, results, args), flush=True)
+    print(disk_use(out, freed)[0], flush=True)
     return summary
 
 
@@ -299,6 +384,7 @@ def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, 
             }
         ),
         resume=True,
+        keep_checkpoints=1,  # resuming needs the newest complete epoch only
         progress=args.progress,
         log_every=5,
     )
