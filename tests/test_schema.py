@@ -255,6 +255,34 @@ def test_input_signature_covers_file_contents_by_size_and_time(tmp_path):
     assert input_signature(data={"offset": 0}, files=[file]) not in (first, second)  # a missing file counts too
 
 
+@pytest.mark.parametrize("name", ["bp4d", "disfa", "bp4dplus"])
+def test_benchmark_rerun_prepares_the_units_whose_labels_or_settings_changed(tmp_path, name):
+    import importlib
+
+    from tests import fixtures_benchmarks
+
+    tree = getattr(fixtures_benchmarks, f"make_{name}_tree")(tmp_path / name)
+    command = importlib.import_module(f"sevnet_hf.datasets_scripts.{name}")
+    argv = ["--root", str(tree.root), "--output", str(tmp_path / "out"), "--no-progress"]
+
+    def run(*extra):
+        assert command.main([*argv, *extra]) == 0
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        return report["units_prepared"], report["units_reused"]
+
+    units, _ = run()
+    assert run() == (0, units)
+    extra = ()
+    if name != "disfa":  # another frame offset changes which image each label frame gets: every unit is redone
+        extra = ("--frame-offset", "0" if command.DEFAULT_FRAME_OFFSET else "-1")
+        assert run(*extra) == (units, 0)
+    labels = tree.root / ("ActionUnit_Labels/SN001" if name == "disfa" else "AUCoding/AU_OCC")
+    label_file = sorted(labels.glob("*.txt" if name == "disfa" else "*.csv"))[0]
+    lines = label_file.read_text().splitlines()
+    label_file.write_text("\n".join(lines[:-1]) + "\n")  # the last labelled frame deleted
+    assert run(*extra) == (1, units - 1)
+
+
 def test_subject_missing_from_partition_stops_at_that_unit(tmp_path):
     units = [("a", lambda: iter(_records("S1", "T1", [{1: 1}]))), ("b", lambda: iter(_records("X9", "T1", [{1: 1}])))]
     with pytest.raises(ValueError, match=r"unit 'b': subject 'X9' is not in the partition 'test parts'"):

@@ -62,7 +62,7 @@ import numpy as np
 
 from ..data.schema import FrameRecord, prepare_dataset
 from ..protocols import BP4D_AUS, BP4D_PARTS, BP4D_UNKNOWN_CODE, UNKNOWN_LABEL, au_label, parse_au
-from .common import PrepareError, parse_args, run_cli
+from .common import PrepareError, parse_args, run_cli, units_with_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +421,18 @@ class BP4DReader(ReaderNotes):
     def landmark_file(self, subject: str, task: str) -> Path:
         return self.landmarks_dir / f"{subject}_{task}.mat"
 
+    def unit_inputs(self, unit_id: str) -> str:
+        """What a unit reads (its AU_OCC file, images and landmark file by size and time; the frame offset), so a
+        rerun prepares again a unit whose inputs changed."""
+        from ..data.schema import input_signature
+
+        subject, task, path = next(entry for entry in self.sequences if f"{entry[0]}_{entry[1]}" == unit_id)
+        folder = self.frames_dir / subject / task
+        files = [path, *(index_numbered_images(folder).values() if folder.is_dir() else ())]
+        if self.landmarks_dir is not None:
+            files.append(self.landmark_file(subject, task))
+        return input_signature(data={"frame_offset": self.frame_offset, "aus": list(self.aus)}, files=files)
+
     def records(self, subject: str, task: str) -> Iterator[FrameRecord]:
         """FrameRecords of one subject/task, in CSV order.
 
@@ -549,7 +561,7 @@ def run_preparation(reader: Any, args: Any, *, source: str, partition_name: str,
 
     metadata = {**extra_metadata, "reader_notes": list(reader.notes)}
     report = prepare_dataset(
-        reader.units(),
+        units_with_inputs(reader),
         args.output,
         aus=list(reader.aus),
         source=source,

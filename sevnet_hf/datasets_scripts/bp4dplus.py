@@ -285,6 +285,20 @@ class BP4DPlusReader(ReaderNotes):
     def landmark_file(self, subject: str, task: str) -> Path:
         return self.landmarks_dir / f"{subject}_{task}.mat"
 
+    def unit_inputs(self, unit_id: str) -> str:
+        """What a unit reads (its AU_OCC file, images or zip archive and landmark file by size and time; the frame
+        offset), so a rerun prepares again a unit whose inputs changed."""
+        from ..data.schema import input_signature
+
+        subject, task, path = next(entry for entry in self.sequences if f"{entry[0]}_{entry[1]}" == unit_id)
+        source = self.image_source(subject)
+        files = [path] + ([source] if source is not None and self._zipped(subject) else [])
+        if source is not None and not self._zipped(subject):
+            files += index_numbered_images(source / task).values() if (source / task).is_dir() else []
+        if self.landmarks_dir is not None:
+            files.append(self.landmark_file(subject, task))
+        return input_signature(data={"frame_offset": self.frame_offset, "aus": list(self.aus)}, files=files)
+
     def _where(self, subject: str, task: str) -> Path:
         """Where a task's images are: ``.../F001/T1``, or for a zip the path inside it (``.../F001.zip/F001/T1``)."""
         source = self.image_source(subject)

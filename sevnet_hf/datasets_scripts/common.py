@@ -86,3 +86,13 @@ def read_partition_file(path: str | os.PathLike) -> dict[str, int]:
     if not result:
         raise PrepareError(f"{file}: no subjects listed")
     return result
+
+
+def units_with_inputs(reader: Any) -> list:
+    """A reader's ``(unit_id, thunk)`` units as ``(unit_id, thunk, inputs)`` when the reader can say what each unit
+    reads (``reader.unit_inputs(unit_id)``, computed when ``prepare_dataset`` looks at the unit), so a unit whose
+    labels, images or settings changed is prepared again instead of reusing its old shard."""
+    signature = getattr(reader, "unit_inputs", None)
+    if signature is None:
+        return list(reader.units())
+    return [(unit_id, thunk, lambda unit_id=unit_id: signature(unit_id)) for unit_id, thunk in reader.units()]

@@ -331,6 +331,15 @@ class DisfaReader(ReaderNotes):
             self.note(f"{folder}: {len(files)} landmark files for {count} video frames; the rest are detected")
         self.landmark_files[subject] = files
 
+    def unit_inputs(self, subject: str) -> str:
+        """What a unit reads (its AU files, video and landmark files by size and time), so a rerun prepares again a
+        unit whose inputs changed."""
+        from ..data.schema import input_signature
+
+        labels = [self.labels_dir / subject / f"{subject}_au{au}.txt" for au in self.aus]
+        files = [*labels, self.videos[subject], *self.landmark_files[subject].values()]
+        return input_signature(data={"aus": list(self.aus), "shift": self.landmark_shift[subject]}, files=files)
+
     def units(self) -> list[Unit]:
         """``(unit_id, thunk)`` pairs for ``prepare_dataset``; one unit per subject, id = subject."""
         return [(subject, lambda subject=subject: self.records(subject)) for subject in self.subjects]
