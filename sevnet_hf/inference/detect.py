@@ -1029,6 +1029,11 @@ class OutputError(OSError):
     """The output cannot be written now; the message names the path and what to do (a usage error, exit 2)."""
 
 
+# POSIX renames and removes open files, so the lock is held until the partial file is gone; Windows cannot (and
+# takes no lock: see atomic_io.open_locked), so there the file is closed first.
+_OPEN_FILES_RENAME = os.name != "nt"
+
+
 def partial_path(path: str | os.PathLike, fmt: str) -> str:
     """The file rows go to while a run is under way: ``PATH.partial`` (``PATH.partial.jsonl`` for Parquet)."""
     return os.fspath(path) + (".partial.jsonl" if fmt == "parquet" else ".partial")
@@ -1090,11 +1095,14 @@ def check_output(path: str | os.PathLike, fmt: str, resume: bool = False, overwr
     partial = partial_path(path, fmt)
     existed = os.path.lexists(partial)
     fd, _ = _claim_output(path, fmt, resume, overwrite)
+    if not _OPEN_FILES_RENAME:
+        os.close(fd)
     try:
         if not existed:
-            os.remove(partial)  # still locked: nobody else can be using the empty file we created
+            os.remove(partial)  # still locked (POSIX): nobody else can be using the empty file we created
     finally:
-        os.close(fd)
+        if _OPEN_FILES_RENAME:
+            os.close(fd)
 
 
 class ResultWriter:
@@ -1213,6 +1221,8 @@ class ResultWriter:
         lock (held until the rename, so no other run can take the file over half-way)."""
         self._handle.flush()
         os.fsync(self._handle.fileno())
+        if not _OPEN_FILES_RENAME:
+            self._handle.close()
         try:
             if self.format != "parquet":
                 os.replace(self.partial, self.path)
