@@ -283,6 +283,23 @@ def test_benchmark_rerun_prepares_the_units_whose_labels_or_settings_changed(tmp
     assert run(*extra) == (1, units - 1)
 
 
+def test_synthetic_rerun_with_another_seed_renders_again(tmp_path):
+    from sevnet_hf.datasets_scripts import synthetic
+
+    argv = ["--output", str(tmp_path), "--preset", "quick", "--num_identities", "3", "--frames_per_task", "1"]
+    argv += ["--num_workers", "0", "--progress", "false"]
+
+    def run(seed):
+        assert synthetic.main([*argv, "--seed", str(seed)]) == 0
+        report = json.loads((tmp_path / "report.json").read_text())
+        return (report["units_prepared"], report["units_reused"]), load_prepared(tmp_path)["AU12"]
+
+    first, labels = run(0)
+    assert first == (3, 0) and run(0) == ((0, 3), labels)
+    counts, other = run(1)
+    assert counts == (3, 0) and other != labels  # the seed-0 shards are not reused for seed 1
+
+
 def test_subject_missing_from_partition_stops_at_that_unit(tmp_path):
     units = [("a", lambda: iter(_records("S1", "T1", [{1: 1}]))), ("b", lambda: iter(_records("X9", "T1", [{1: 1}])))]
     with pytest.raises(ValueError, match=r"unit 'b': subject 'X9' is not in the partition 'test parts'"):

@@ -371,11 +371,16 @@ def synthetic_units(
     align_size: int = 256,
     unknown_rate: float = 0.0,
 ) -> list[tuple[str, Any]]:
-    """``(unit_id, thunk)`` pairs for :func:`sevnet_hf.data.schema.prepare_dataset`, one unit per identity."""
+    """``(unit_id, thunk, inputs)`` for :func:`sevnet_hf.data.schema.prepare_dataset`, one unit per identity; the
+    inputs (generator version, seed, frames, sizes, unknown rate) make a rerun with other options redo the units."""
+    from ..data.schema import input_signature
+
+    inputs = input_signature(data=[GENERATOR_VERSION, frames_per_task, seed, raw_size, align_size, unknown_rate])
     return [
         (
             subject_name(i),
             functools.partial(subject_records, i, frames_per_task, seed, raw_size, align_size, unknown_rate),
+            inputs,
         )
         for i in range(num_identities)
     ]
