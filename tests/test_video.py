@@ -160,3 +160,24 @@ def test_streaming_keeps_a_bounded_number_of_frames_in_flight(videos, model_dir)
     assert [index for index, _, _ in frames] == [0, 3, 6, 9, 12]
     np.testing.assert_allclose([t for _, t, _ in frames], np.array([0, 3, 6, 9, 12]) / FPS)
     assert frames[0][2].shape == (SIZE[1], SIZE[0], 3) and frames[0][2].dtype == np.uint8
+
+
+def test_a_video_whose_name_is_not_utf8_is_decoded_not_a_crash(videos, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    odd = os.path.join(os.fsencode(tmp_path), b"clip \xff.avi")
+    try:
+        shutil.copyfile(videos["moving"], odd)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    script = (
+        "import sys\n"
+        "from sevnet_hf.inference.video import iter_video_frames, video_info\n"
+        "print(sum(1 for _ in iter_video_frames(sys.argv[1])), video_info(sys.argv[1]).frame_count)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, odd], capture_output=True, text=True)
+    assert done.returncode == 0, done.returncode  # OpenCV given such a name as str died with SIGSEGV (-11)
+    assert done.stdout.split() == [str(FRAMES), str(FRAMES)]
