@@ -1,7 +1,9 @@
 """sevnet-hf: SEV-Net facial action unit detection for the Hugging Face ecosystem.
 
-Importing the package registers SEV-Net with the transformers auto classes (``AutoConfig``, ``AutoModel``,
-``AutoModelForImageClassification``, ``AutoImageProcessor``) and for ``trust_remote_code`` saving.
+SEV-Net and the baselines are known to the transformers auto classes (``AutoConfig``, ``AutoModel``,
+``AutoModelForImageClassification``, ``AutoImageProcessor``) and save for ``trust_remote_code`` once this package is
+imported. The import itself is light (no torch, no transformers): the names below load on first use, and
+``registration.py`` registers the classes when transformers' auto classes are imported.
 
 Where things live:
 - model: ``configuration_sevnet.py``, ``modeling_sevnet.py``, ``image_processing_sevnet.py`` (+ ``modeling_baselines.py``)
@@ -10,52 +12,40 @@ Where things live:
 - inference: ``inference/``;  command line: ``cli.py`` (``sevnet-hf ...``)
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from __future__ import annotations
 
-from .au_descriptions import load_au_descriptions
-from .configuration_baselines import AUMLGCNConfig, AUMSCAMConfig, AUResNetConfig
-from .configuration_sevnet import DEFAULT_TEXT_ENCODER, SEVNetConfig
-from .image_processing_sevnet import SEVNetImageProcessor
-from .modeling_baselines import MODEL_TYPES, AUMLGCNForAUDetection, AUMSCAMForAUDetection, AUResNetForAUDetection
-from .modeling_sevnet import (
-    AUDetectionOutput,
-    SEVNetForAUDetection,
-    SEVNetModel,
-    SEVNetModelOutput,
-    SEVNetPreTrainedModel,
-    cross_modality_attention,
-)
-from .text_encoder import TextEncoder, encode_texts, load_text_encoder
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from . import registration
 
 __version__ = "0.1.0"
 
-
-def _register() -> None:
-    AutoConfig.register(SEVNetConfig.model_type, SEVNetConfig, exist_ok=True)
-    AutoModel.register(SEVNetConfig, SEVNetForAUDetection, exist_ok=True)
-    AutoModelForImageClassification.register(SEVNetConfig, SEVNetForAUDetection, exist_ok=True)
-    try:
-        AutoImageProcessor.register(SEVNetConfig, image_processor_classes={"pil": SEVNetImageProcessor}, exist_ok=True)
-    except TypeError:  # transformers 4.x
-        AutoImageProcessor.register(SEVNetConfig, slow_image_processor_class=SEVNetImageProcessor, exist_ok=True)
-    SEVNetConfig.register_for_auto_class()
-    SEVNetForAUDetection.register_for_auto_class("AutoModelForImageClassification")
-    SEVNetImageProcessor.register_for_auto_class("AutoImageProcessor")
-    for config_class, model_class in (
-        (AUResNetConfig, AUResNetForAUDetection),
-        (AUMLGCNConfig, AUMLGCNForAUDetection),
-        (AUMSCAMConfig, AUMSCAMForAUDetection),
-    ):
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        AutoModel.register(config_class, model_class, exist_ok=True)
-        AutoModelForImageClassification.register(config_class, model_class, exist_ok=True)
-        config_class.register_for_auto_class()
-        model_class.register_for_auto_class("AutoModelForImageClassification")
-
-
-_register()
-
-__all__ = [
+# Public name -> the module that defines it, imported on first access (PEP 562), as transformers' _LazyModule does.
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_TEXT_ENCODER": "protocols",
+    "AUDetectionOutput": "modeling_sevnet",
+    "SEVNetConfig": "configuration_sevnet",
+    "SEVNetForAUDetection": "modeling_sevnet",
+    "SEVNetImageProcessor": "image_processing_sevnet",
+    "SEVNetModel": "modeling_sevnet",
+    "SEVNetModelOutput": "modeling_sevnet",
+    "SEVNetPreTrainedModel": "modeling_sevnet",
+    "TextEncoder": "text_encoder",
+    "cross_modality_attention": "modeling_sevnet",
+    "encode_texts": "text_encoder",
+    "load_au_descriptions": "au_descriptions",
+    "load_text_encoder": "text_encoder",
+    "MODEL_TYPES": "modeling_baselines",
+    "AUMLGCNConfig": "configuration_baselines",
+    "AUMLGCNForAUDetection": "modeling_baselines",
+    "AUMSCAMConfig": "configuration_baselines",
+    "AUMSCAMForAUDetection": "modeling_baselines",
+    "AUResNetConfig": "configuration_baselines",
+    "AUResNetForAUDetection": "modeling_baselines",
+}
+__all__ = [  # the same names as _EXPORTS (tests/test_cli.py checks)
     "DEFAULT_TEXT_ENCODER",
     "AUDetectionOutput",
     "SEVNetConfig",
@@ -77,3 +67,39 @@ __all__ = [
     "AUResNetConfig",
     "AUResNetForAUDetection",
 ]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below does these imports on demand
+    from .au_descriptions import load_au_descriptions
+    from .configuration_baselines import AUMLGCNConfig, AUMSCAMConfig, AUResNetConfig
+    from .configuration_sevnet import SEVNetConfig
+    from .image_processing_sevnet import SEVNetImageProcessor
+    from .modeling_baselines import MODEL_TYPES, AUMLGCNForAUDetection, AUMSCAMForAUDetection, AUResNetForAUDetection
+    from .modeling_sevnet import (
+        AUDetectionOutput,
+        SEVNetForAUDetection,
+        SEVNetModel,
+        SEVNetModelOutput,
+        SEVNetPreTrainedModel,
+        cross_modality_attention,
+    )
+    from .protocols import DEFAULT_TEXT_ENCODER
+    from .text_encoder import TextEncoder, encode_texts, load_text_encoder
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access; ``sevnet_hf.<submodule>`` works without importing it first."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+registration.install()

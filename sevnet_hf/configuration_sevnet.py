@@ -7,11 +7,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .protocols import BP4D_AUS, DEFAULT_THRESHOLD, au_label, parse_au
-
-# The paper's Intra-AU encoder: a BERT-Large (24 layers, 1024 wide, 16 heads) sentence encoder taken from
-# sentence-transformers, mean-pooled over tokens. This checkpoint matches that description.
-DEFAULT_TEXT_ENCODER = "sentence-transformers/bert-large-nli-mean-tokens"
+from .protocols import BP4D_AUS, DEFAULT_TEXT_ENCODER, DEFAULT_THRESHOLD, au_label, parse_au
 
 
 class SEVNetConfig(PretrainedConfig):

@@ -233,12 +233,12 @@ def push(args: PushArguments) -> str:
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    from .training.loop import parse_args
+    from .cli_args import parse_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and not argv[0].endswith((".json", ".yaml", ".yml")):
         argv = ["--model_dir", *argv]  # `sevnet-hf push MODEL_DIR --repo_id NAME`
-    args = parse_args(argv, PushArguments)
+    args = parse_args(argv, PushArguments, "sevnet-hf push")
     try:
         url = push(args)
     except (ConnectionError, FileNotFoundError) as err:

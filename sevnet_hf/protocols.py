@@ -23,6 +23,10 @@ BP4D_UNKNOWN_CODE = 9
 DISFA_OCCURRENCE_THRESHOLD = 2
 # Prediction threshold used by the field (no tuning on test data).
 DEFAULT_THRESHOLD = 0.5
+# The paper's Intra-AU encoder: a BERT-Large (24 layers, 1024 wide, 16 heads) sentence encoder taken from
+# sentence-transformers, mean-pooled over tokens. This checkpoint matches that description. (Here, not in
+# configuration_sevnet.py, so that the command-line argument dataclasses can read it without importing torch.)
+DEFAULT_TEXT_ENCODER = "sentence-transformers/bert-large-nli-mean-tokens"
 
 BP4D_PARTS: dict[int, tuple[str, ...]] = {
     1: (

@@ -17,13 +17,16 @@ class PrepareError(ValueError):
     """A problem with the user's input files; ``main`` prints it (no traceback) and exits with status 2."""
 
 
-def parse_args(dataclass_type: type[T], argv: Sequence[str] | None = None) -> T:
-    """Parse a command line into one argument dataclass with ``transformers.HfArgumentParser``."""
-    from transformers import HfArgumentParser
+def parse_args(dataclass_type: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
+    """Parse a command line (or a JSON/YAML arguments file, then flags) into one argument dataclass.
 
-    parser = HfArgumentParser(dataclass_type)
-    (args,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
-    return args
+    ``prog`` defaults to ``sevnet-hf prepare NAME``, NAME being the module that defines the dataclass (``bp4d``, ...),
+    as ``sevnet-hf prepare NAME`` runs ``datasets_scripts/NAME.py``. The parsing is ``sevnet_hf.cli_args.parse_args``.
+    """
+    from ..cli_args import parse_args as parse_command_line
+
+    prog = prog or f"sevnet-hf prepare {dataclass_type.__module__.rpartition('.')[2]}"
+    return parse_command_line(argv, dataclass_type, prog)
 
 
 def run_cli(body: Callable[[], Any]) -> int:

@@ -1345,19 +1345,18 @@ class DetectArguments:
 
 
 def parse_detect_args(argv: list[str] | None = None) -> DetectArguments:
-    """Parse ``detect`` arguments: flags (inputs may also be positional) or a single JSON/YAML file."""
-    from transformers import HfArgumentParser
+    """Parse ``detect`` arguments: flags (inputs may also be positional), or a JSON/YAML file then overriding flags."""
+    from ..cli_args import arguments_file_flags, build_parser
 
-    parser = HfArgumentParser(
+    parser = build_parser(
         DetectArguments,
         prog="sevnet-hf detect",
         usage="sevnet-hf detect INPUT [INPUT ...] --model PATH_OR_HUB_ID [options]  (or: sevnet-hf detect ARGS.json)",
         description="Detect facial action units in photos, folders and videos; one output row per face per frame.",
     )
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) and os.path.isfile(argv[0]):
-        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        return loader(argv[0])[0]
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")) and os.path.isfile(argv[0]):
+        argv = arguments_file_flags(argv[0], parser) + argv[1:]  # an unknown key: one line, exit status 2
     args, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     unknown = [item for item in remaining if item.startswith("-")]
     if unknown:

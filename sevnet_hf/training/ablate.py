@@ -30,12 +30,13 @@ class AblateArguments(TrainArguments):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli_args import parse_args
+
+    args = parse_args(argv, AblateArguments, "sevnet-hf ablate")  # before the imports below: --help needs no torch
     from transformers import AutoImageProcessor, AutoModel
 
     from ..data.schema import load_prepared, read_metadata
-    from .loop import parse_args
 
-    args = parse_args(argv, AblateArguments)
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
     model_types = [m.strip() for m in args.model_types.split(",") if m.strip()]
     root = Path(args.output_dir)

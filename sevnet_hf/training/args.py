@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..configuration_sevnet import DEFAULT_TEXT_ENCODER
+from ..protocols import DEFAULT_TEXT_ENCODER
 
 
 @dataclass

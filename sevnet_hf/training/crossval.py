@@ -113,9 +113,9 @@ def write_tables(header, rows, output_root: Path, stem: str, title: str) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .loop import parse_args
+    from ..cli_args import parse_args
 
-    args = parse_args(argv, CrossvalArguments)
+    args = parse_args(argv, CrossvalArguments, "sevnet-hf crossval")
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
     output_root = Path(args.output_dir)
     output_root.mkdir(parents=True, exist_ok=True)

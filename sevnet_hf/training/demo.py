@@ -391,9 +391,9 @@ def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .loop import parse_args
+    from ..cli_args import parse_args
 
-    run(parse_args(argv, DemoArguments))
+    run(parse_args(argv, DemoArguments, "sevnet-hf demo"))
     return 0
 
 

@@ -558,49 +558,16 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None, dataclass_type=TrainArguments):
+def parse_args(argv: list[str] | None, dataclass_type=TrainArguments, prog: str = "sevnet-hf train"):
     """Parse command-line flags, or a JSON/YAML file of them followed by flags that override it.
 
     ``sevnet-hf train examples/paper_strict.yaml --dataset prepared/bp4d``: the file's keys are the flags' names; a
     mapping (e.g. ``config_overrides``) is passed on as JSON. An unknown key is an error naming the file and the key.
+    (The parsing is ``sevnet_hf.cli_args.parse_args``, shared by every command.)
     """
-    import dataclasses
+    from ..cli_args import parse_args as parse_command_line
 
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_type)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        argv = _file_flags(Path(argv[0]), {f.name for f in dataclasses.fields(dataclass_type)}) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)[0]
-
-
-def _file_flags(path: Path, known: set[str]) -> list[str]:
-    """The flags a JSON/YAML arguments file stands for."""
-    if not path.is_file():
-        raise SystemExit(f"error: arguments file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        values = json.loads(text)
-    else:
-        import yaml
-
-        values = yaml.safe_load(text)
-    if not isinstance(values, dict):
-        raise SystemExit(f"error: {path} must hold a mapping of argument names to values, got {type(values).__name__}")
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SystemExit(f"error: {path}: unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    flags = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = str(value).lower()
-        flags += [f"--{key}", str(value)]
-    return flags
+    return parse_command_line(argv, dataclass_type, prog)
 
 
 def main(argv: list[str] | None = None) -> int:
