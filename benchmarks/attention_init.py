@@ -63,14 +63,14 @@ def at_initialisation(bias: float, seeds: int = 3) -> dict:
         model.set_au_text_embeddings(torch.randn(len(AUS), model.config.text_hidden_size))
         with torch.no_grad():
             out = model(torch.cat([torch.randn(15, 3, 224, 224), face]), output_attentions=True)
-        runs.append(attention_stats(out.cross_attentions))
+        runs.append(attention_stats(out.au_attention_maps))
     return {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
 
 
 def after_training(
     bias: float, dataset: str, steps: int | None, image_size: int, workdir: Path, demo: bool, seed: int = 0
 ) -> dict:
-    from transformers import AutoImageProcessor, AutoModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from sevnet_hf.data.schema import load_prepared, read_metadata
     from sevnet_hf.offline_assets import minilm_encoder_path
@@ -107,7 +107,7 @@ def after_training(
             progress=False,
         )
     )
-    model = AutoModel.from_pretrained(out / "model").eval()
+    model = AutoModelForImageClassification.from_pretrained(out / "model").eval()
     processor = AutoImageProcessor.from_pretrained(out / "model")
     metadata = read_metadata(dataset)
     test_subjects = set(results["subjects"]["test"])
@@ -117,7 +117,7 @@ def after_training(
         images = [np.asarray(image.convert("RGB")) for image in test["image"]]
         maps = torch.cat(
             [
-                model(**processor(images[i : i + 32]), output_attentions=True).cross_attentions
+                model(**processor(images[i : i + 32]), output_attentions=True).au_attention_maps
                 for i in range(0, len(images), 32)
             ]
         )

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     metadata = read_metadata(args.dataset)
     splits = split_fold(dataset, args.fold, metadata=metadata, seed=args.seed)
     columns = metadata["au_columns"]
-    parts = {name: AUImageDataset(splits[name], columns, size=processor.size) for name in splits}
+    parts = {name: AUImageDataset(splits[name], columns, size=processor.square_sizes()[0]) for name in splits}
     train_labels = parts["train"].labels.numpy()
     print(
         adapt_au_set(

@@ -24,9 +24,11 @@ class SEVNetConfig(PretrainedConfig):
             Channels of V (d_v). Read from the backbone when the model is built; stored so checkpoints are explicit.
         image_size (`int`, *optional*, defaults to 224):
             Input crop size the model is trained for (the image processor resizes to 256 and center-crops to it).
-        text_encoder (`str`, *optional*, defaults to `"sentence-transformers/bert-large-nli-mean-tokens"`):
+        text_encoder_name_or_path (`str`, *optional*, defaults to `"sentence-transformers/bert-large-nli-mean-tokens"`):
             Hub id or local folder of the frozen Intra-AU encoder (any `AutoModel` checkpoint). Only used to (re)compute
-            the AU text table; a trained checkpoint predicts without it.
+            the AU text table; a trained checkpoint predicts without it. Configs saved before the rename call it
+            `text_encoder` and load unchanged (transformers reserves `text_encoder` for a text sub-config: with a
+            string there, `get_text_config()` returned the string).
         text_pooling (`str`, *optional*):
             `"mean"` (the paper), `"cls"` or `"max"`. `None` reads a sentence-transformers checkpoint's own pooling
             settings and falls back to `"mean"`.
@@ -78,6 +80,13 @@ class SEVNetConfig(PretrainedConfig):
     """
 
     model_type = "sevnet"
+    # transformers' generic names for the Inter-AU transformer's sizes (read and written through to the fields).
+    attribute_map = {
+        "hidden_size": "inter_au_hidden_size",
+        "num_hidden_layers": "inter_au_num_layers",
+        "num_attention_heads": "inter_au_num_heads",
+        "intermediate_size": "inter_au_intermediate_size",
+    }
 
     def __init__(
         self,
@@ -85,7 +94,7 @@ class SEVNetConfig(PretrainedConfig):
         backbone_output_stride: int | None = None,
         visual_hidden_size: int | None = None,
         image_size: int = 224,
-        text_encoder: str = DEFAULT_TEXT_ENCODER,
+        text_encoder_name_or_path: str = DEFAULT_TEXT_ENCODER,
         text_pooling: str | None = None,
         text_max_length: int = 128,
         text_hidden_size: int = 1024,
@@ -105,6 +114,9 @@ class SEVNetConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        legacy_text_encoder = kwargs.pop("text_encoder", None)  # the field's name before the rename
+        if isinstance(legacy_text_encoder, str):
+            text_encoder_name_or_path = legacy_text_encoder
         if "id2label" not in kwargs or kwargs["id2label"] is None:
             numbers = [parse_au(a) for a in (aus if aus is not None else BP4D_AUS)]
             kwargs["id2label"] = {i: au_label(n) for i, n in enumerate(numbers)}
@@ -114,7 +126,7 @@ class SEVNetConfig(PretrainedConfig):
         self.backbone_output_stride = backbone_output_stride
         self.visual_hidden_size = visual_hidden_size
         self.image_size = image_size
-        self.text_encoder = text_encoder
+        self.text_encoder_name_or_path = text_encoder_name_or_path
         self.text_pooling = text_pooling
         self.text_max_length = text_max_length
         self.text_hidden_size = text_hidden_size

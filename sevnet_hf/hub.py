@@ -70,7 +70,7 @@ def _design_notes(config) -> str:
             else " (the paper's loss alone)"
         )
         + ".",
-        f"- Text encoder `{_public_name(getattr(config, 'text_encoder', '?'))}` "
+        f"- Text encoder `{_public_name(getattr(config, 'text_encoder_name_or_path', '?'))}` "
         f"({config.text_hidden_size}-d; the paper: BERT-Large, 1024-d), Inter-AU encoder "
         f"{config.inter_au_num_layers} layers x {config.inter_au_hidden_size} wide, {config.inter_au_num_heads} heads.",
         f"- Projection bias starts at `au_projection_bias_init = {config.au_projection_bias_init:g}`.",
@@ -155,7 +155,7 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         "title": f"{'SEV-Net' if config.model_type == 'sevnet' else config.model_type} AU detector "
         f"({config.backbone}, {len(config.au_labels)} AUs)",
         "backbone": config.backbone,
-        "text_encoder": _public_name(getattr(config, "text_encoder", "?")),
+        "text_encoder": _public_name(getattr(config, "text_encoder_name_or_path", "?")),
         "head_sentence": _head_sentence(config),
         "design_notes": _design_notes(config),
         "attention_health": _attention_health(results),

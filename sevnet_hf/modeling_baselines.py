@@ -29,6 +29,7 @@ from .modeling_sevnet import (
     AUTextTableMixin,
     SEVNetForAUDetection,
     SEVNetPreTrainedModel,
+    backbone_features,
     cross_modality_attention,
     masked_bce_loss,
 )
@@ -104,13 +105,18 @@ class AUGraphEncoder(nn.Module):
         )
         self.activation = nn.LeakyReLU(negative_slope)
 
-    def forward(self, node_features: torch.Tensor, propagation: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, node_features: torch.Tensor, propagation: torch.Tensor, output_hidden_states: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """N x d_in -> N x d_out; with ``output_hidden_states`` also each graph convolution's output."""
         hidden = node_features
+        states = []
         for index, layer in enumerate(self.layers):
             if index > 0:
                 hidden = self.activation(hidden)
             hidden = layer(hidden, propagation)
-        return hidden
+            states.append(hidden)
+        return (hidden, tuple(states)) if output_hidden_states else hidden
 
 
 def graph_embedding_loss(au_embeddings: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
@@ -141,11 +147,16 @@ class AUBaselinePreTrainedModel(SEVNetPreTrainedModel):
     main_input_name = "pixel_values"
     uses_au_text = False  # the ResNet baseline reads no text; the graph models set True
 
+    def _hidden(self, output_hidden_states: bool | None) -> bool:
+        return bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, GraphConvolution):
             module.reset_parameters(init=_init)
         else:
             super()._init_weights(module)
+        if "graph_adjacency" in module._buffers and self.config.graph is not None:  # recomputed from the config
+            _init.copy_(module.graph_adjacency, self._propagation_tensor(self.config.graph, self.config.graph_type))
 
 
 class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
@@ -196,11 +207,16 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
             self._graph_on_device = torch.tensor(self.config.graph, dtype=torch.float32, device=device)
         return self._graph_on_device
 
-    def compute_au_embeddings(self) -> torch.Tensor:
-        """GCN node outputs (num AUs x d_v) from the frozen AU text table; independent of the image."""
+    def compute_au_embeddings(self, output_hidden_states: bool = False):
+        """GCN node outputs (num AUs x d_v) from the frozen AU text table; independent of the image. With
+        ``output_hidden_states``: (outputs, the GCN's input and layer outputs)."""
         weight = self.gcn.layers[0].weight
         table = self.au_text_embeddings.to(weight.dtype)
-        return self.gcn(table, self.graph_adjacency.to(weight.dtype))
+        if not output_hidden_states:
+            return self.gcn(table, self.graph_adjacency.to(weight.dtype))
+        # On a 1 x N x d table, so the returned states (batch dimension 1, as SEV-Net's) are the computed tensors.
+        embeddings, states = self.gcn(table.unsqueeze(0), self.graph_adjacency.to(weight.dtype), True)
+        return embeddings.squeeze(0), states
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -223,6 +239,7 @@ class AUResNetForAUDetection(AUBaselinePreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AUDetectionOutput | tuple:
@@ -231,11 +248,13 @@ class AUResNetForAUDetection(AUBaselinePreTrainedModel):
             1 present, 0 absent; a negative value or 9 marks an unknown label, left out of the loss.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        visual_features = self.backbone(pixel_values)
+        visual_features, stages = backbone_features(self.backbone, pixel_values, self._hidden(output_hidden_states))
         pooled = global_pool(visual_features, self.config.global_pool)
         logits = self.classifier(self.dropout(pooled))
         loss = masked_bce_loss(logits, labels) if labels is not None else None
-        output = AUDetectionOutput(loss=loss, logits=logits, visual_features=visual_features)
+        output = AUDetectionOutput(
+            loss=loss, logits=logits, visual_features=visual_features, hidden_states=stages, vision_hidden_states=stages
+        )
         return output if return_dict else output.to_tuple()
 
 
@@ -260,6 +279,7 @@ class AUMLGCNForAUDetection(AUGraphPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AUDetectionOutput | tuple:
@@ -268,13 +288,20 @@ class AUMLGCNForAUDetection(AUGraphPreTrainedModel):
             1 present, 0 absent; a negative value or 9 marks an unknown label, left out of the loss.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        visual_features = self.backbone(pixel_values)
+        hidden = self._hidden(output_hidden_states)
+        visual_features, stages = backbone_features(self.backbone, pixel_values, hidden)
         pooled = global_pool(visual_features, self.config.global_pool)
-        classifiers = self.compute_au_embeddings().to(pooled.dtype)
+        classifiers, states = self.compute_au_embeddings(True) if hidden else (self.compute_au_embeddings(), None)
+        classifiers = classifiers.to(pooled.dtype)
         logits = self.dropout(pooled) @ classifiers.t()
         loss = masked_bce_loss(logits, labels) if labels is not None else None
         output = AUDetectionOutput(
-            loss=loss, logits=logits, visual_features=visual_features, au_embeddings=classifiers
+            loss=loss,
+            logits=logits,
+            visual_features=visual_features,
+            au_embeddings=classifiers,
+            hidden_states=states,
+            vision_hidden_states=stages,
         )
         return output if return_dict else output.to_tuple()
 
@@ -302,6 +329,7 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AUDetectionOutput | tuple:
@@ -311,8 +339,10 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        visual_features = self.backbone(pixel_values)
-        au_embeddings = self.compute_au_embeddings().to(visual_features.dtype)
+        hidden = self._hidden(output_hidden_states)
+        visual_features, stages = backbone_features(self.backbone, pixel_values, hidden)
+        au_embeddings, states = self.compute_au_embeddings(True) if hidden else (self.compute_au_embeddings(), None)
+        au_embeddings = au_embeddings.to(visual_features.dtype)
         attended, alpha = cross_modality_attention(visual_features, au_embeddings)
         logits = self.classifier(self.dropout(attended))
         loss = None
@@ -322,8 +352,16 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
                 loss = loss + self.config.graph_embedding_loss_weight * graph_embedding_loss(
                     au_embeddings, self.graph_tensor(logits.device)
                 )
-        attentions = alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None
-        output = AUDetectionOutput(loss, logits, attentions, visual_features, au_embeddings)
+        output = AUDetectionOutput(
+            loss=loss,
+            logits=logits,
+            au_attention_maps=alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None,
+            visual_features=visual_features,
+            au_embeddings=au_embeddings,
+            hidden_states=states,
+            vision_hidden_states=stages,
+            cross_attentions=(alpha.unsqueeze(1),) if output_attentions else None,
+        )
         return output if return_dict else output.to_tuple()
 
 

@@ -31,10 +31,44 @@ try:  # transformers >= 5: initialisers that leave weights loaded from a checkpo
 except ImportError:  # pragma: no cover - transformers 4.x
     _init = nn.init
 
+try:  # transformers >= 4.52: layers that transformers' gradient checkpointing switches on and off
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover - older transformers
+
+    class GradientCheckpointingLayer(nn.Module):
+        gradient_checkpointing = False
+
+        def __call__(self, *args, **kwargs):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                return self._gradient_checkpointing_func(super().__call__, *args, **kwargs)
+            return super().__call__(*args, **kwargs)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------------------------------------------------
+_OUTPUT_SHAPES = """
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The Inter-AU sequence (one token per AU): the encoder's input and each layer's output, each of shape
+            `(1, num_aus, inter_au_hidden_size)`.
+            Returned when `output_hidden_states=True`. The batch dimension is 1: the text path is the same for every
+            image, so the tensors the model computed are returned (gradients reach them) and broadcast over images.
+            For the graph baselines: each graph convolution's output (widths change per layer); for the ResNet
+            baseline (no AU sequence): the backbone stages.
+        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The backbone's stage outputs (timm `forward_intermediates`: stem, then each stage), each of shape
+            `(batch_size, channels_i, h_i, w_i)`; the last one is `visual_features`. Returned when
+            `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The Inter-AU self-attention weights, one tensor per layer of shape
+            `(1, inter_au_num_heads, num_aus, num_aus)` (batch dimension 1, as `hidden_states`). Returned when
+            `output_attentions=True`.
+        cross_attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The cross-modality attention (Eq. 5) in transformers' layout: a tuple with one tensor (one attention layer,
+            one head) of shape `(batch_size, 1, num_aus, h * w)`. The same weights as `au_attention_maps`.
+            Returned when `output_attentions=True`."""
+
+
 @dataclass
 class SEVNetModelOutput(ModelOutput):
     """Output of [`SEVNetModel`].
@@ -46,14 +80,19 @@ class SEVNetModelOutput(ModelOutput):
             The backbone's spatial map V.
         au_embeddings (`torch.FloatTensor` of shape `(num_aus, d_v)`):
             The projected Inter-AU embeddings w̄_k (Eq. 4).
-        cross_attentions (`torch.FloatTensor` of shape `(batch_size, num_aus, h, w)`, *optional*):
-            alpha_k of Eq. 5, each map non-negative and summing to 1. Returned when `output_attentions=True`.
+        au_attention_maps (`torch.FloatTensor` of shape `(batch_size, num_aus, h, w)`, *optional*):
+            alpha_k of Eq. 5 as images: each AU's map over V, non-negative and summing to 1 (for figures). Returned
+            when `output_attentions=True`.
     """
 
     attended_features: torch.FloatTensor | None = None
     visual_features: torch.FloatTensor | None = None
     au_embeddings: torch.FloatTensor | None = None
-    cross_attentions: torch.FloatTensor | None = None
+    au_attention_maps: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -66,7 +105,7 @@ class AUDetectionOutput(ModelOutput):
             Returned when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch_size, num_aus)`):
             Per-AU logits; `sigmoid(logits) >= threshold` is the occurrence decision.
-        cross_attentions (`torch.FloatTensor` of shape `(batch_size, num_aus, h, w)`, *optional*):
+        au_attention_maps (`torch.FloatTensor` of shape `(batch_size, num_aus, h, w)`, *optional*):
             Per-AU attention maps (each sums to 1), when `output_attentions=True` and the model has them.
         visual_features (`torch.FloatTensor` of shape `(batch_size, d_v, h, w)`, *optional*):
             The backbone's spatial map.
@@ -76,9 +115,17 @@ class AUDetectionOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    cross_attentions: torch.FloatTensor | None = None
+    au_attention_maps: torch.FloatTensor | None = None
     visual_features: torch.FloatTensor | None = None
     au_embeddings: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+SEVNetModelOutput.__doc__ += _OUTPUT_SHAPES
+AUDetectionOutput.__doc__ += _OUTPUT_SHAPES
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -97,6 +144,89 @@ def create_backbone(name: str, output_stride: int | None = None) -> nn.Module:
         raise ValueError(
             f"timm model {name!r} does not take output_stride={output_stride} ({err}); set backbone_output_stride=None"
         ) from err
+
+
+def backbone_features(
+    backbone: nn.Module, pixel_values: torch.Tensor, output_hidden_states: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """The backbone's spatial map V, and with ``output_hidden_states`` its stage outputs (timm's
+    ``forward_intermediates``: stem, then each stage; the last is V). Both paths honour timm's gradient checkpointing."""
+    if not output_hidden_states:
+        return backbone(pixel_values), None
+    final, stages = backbone.forward_intermediates(pixel_values)
+    return final, tuple(stages)
+
+
+class InterAUSelfAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention``'s parameters (same names, so its checkpoints load), computed as plain scaled
+    dot-product attention that returns the weights it used: gradients reach what ``output_attentions`` returns, and
+    accelerate's offload hooks (which run on each module's own ``forward``) see every use of the weights."""
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B x N x d -> (B x N x d, weights B x heads x N x N)."""
+        batch, tokens, width = hidden.shape
+        heads = self.num_heads
+        qkv = F.linear(hidden, self.in_proj_weight, self.in_proj_bias)
+        query, key, value = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax((query @ key.transpose(-1, -2)) * (width // heads) ** -0.5, dim=-1)
+        context = F.dropout(weights, self.dropout, self.training) @ value
+        return self.out_proj(context.transpose(1, 2).reshape(batch, tokens, width)), weights
+
+
+class InterAULayer(GradientCheckpointingLayer):
+    """One post-LN transformer encoder layer over the AU tokens (Eq. 2-3), GELU feed-forward.
+
+    The computation and parameter names of ``nn.TransformerEncoderLayer(norm_first=False, activation="gelu")``, so
+    checkpoints saved with that module load unchanged; written out so it can return its attention weights and take
+    part in transformers' gradient checkpointing.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, dropout: float):
+        super().__init__()
+        self.self_attn = InterAUSelfAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(hidden_size, intermediate_size)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(intermediate_size, hidden_size)
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.self_attn(hidden)
+        hidden = self.norm1(hidden + self.dropout1(attended))
+        hidden = self.norm2(hidden + self.dropout2(self.linear2(self.dropout(F.gelu(self.linear1(hidden))))))
+        return hidden, (weights if output_attentions else None)
+
+
+class InterAUEncoder(nn.Module):
+    """The Inter-AU transformer: ``num_layers`` [`InterAULayer`]s (state-dict keys ``layers.{i}.*``)."""
+
+    def __init__(self, config: SEVNetConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            InterAULayer(
+                config.inter_au_hidden_size,
+                config.inter_au_num_heads,
+                config.inter_au_intermediate_size,
+                config.inter_au_dropout,
+            )
+            for _ in range(config.inter_au_num_layers)
+        )
+
+    def forward(
+        self, hidden: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """hidden: 1 x N_AU x d. Returns (last hidden, hidden states or None, attention weights or None)."""
+        states = [hidden] if output_hidden_states else None
+        weights = [] if output_attentions else None
+        for layer in self.layers:
+            hidden, layer_weights = layer(hidden, output_attentions)
+            if states is not None:
+                states.append(hidden)
+            if weights is not None:
+                weights.append(layer_weights)
+        return hidden, (tuple(states) if states is not None else None), (tuple(weights) if weights is not None else None)
 
 
 def known_label_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -224,13 +354,13 @@ class AUTextTableMixin:
         if encoder.hidden_size != self.config.text_hidden_size:
             raise ValueError(
                 f"text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's Intra-AU table is "
-                f"{self.config.text_hidden_size} wide; use the encoder the model was built with ({self.config.text_encoder!r})"
+                f"{self.config.text_hidden_size} wide; use the encoder the model was built with ({self.config.text_encoder_name_or_path!r})"
             )
         table = encode_texts(encoder, list(texts.values()), max_length=self.config.text_max_length)
         if numbers != self.config.aus:
             self._change_au_set(numbers)
         self.config.au_descriptions = texts
-        self.config.text_encoder = encoder.name
+        self.config.text_encoder_name_or_path = encoder.name
         self.set_au_text_embeddings(table)
 
     # Why the AU set is fixed, for models that cannot change it (None: ``_change_au_set`` adapts the model).
@@ -244,7 +374,7 @@ def resolve_text_encoder(text_encoder: str | os.PathLike | TextEncoder | None, c
     """A loaded encoder as given, or loaded from a Hub id / folder (default: the one named in ``config``)."""
     if isinstance(text_encoder, TextEncoder):
         return text_encoder
-    return load_text_encoder(str(text_encoder or config.text_encoder), pooling=config.text_pooling)
+    return load_text_encoder(str(text_encoder or config.text_encoder_name_or_path), pooling=config.text_pooling)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -258,12 +388,22 @@ class SEVNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     accepts_loss_kwargs = False
-    _no_split_modules = []
+    supports_gradient_checkpointing = True
+    # Kept whole on one device by device_map="auto": an Inter-AU layer (accelerate would otherwise split
+    # nn.MultiheadAttention from the out_proj it calls into) and the timm blocks.
+    _no_split_modules = ["InterAULayer", "BasicBlock", "Bottleneck"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise SEV-Net's own layers; the timm backbone keeps timm's initialisation (or loaded weights)."""
+        """Initialise every parameter and buffer, so keys missing from a checkpoint never hold uninitialised memory.
+
+        The timm backbone gets timm's ResNet scheme (convolutions Kaiming-normal fan-out, norms 1/0, running
+        statistics 0/1, the last norm of each residual block 0 where timm zero-initialises it); the frozen AU text
+        table starts at zeros ("no table yet": ``has_au_text_embeddings`` is False until ``set_au_descriptions``).
+        """
         std = self.config.initializer_range
-        if isinstance(module, AUProjection):
+        if getattr(module, "_in_backbone", False):
+            _init_backbone_module(module)
+        elif isinstance(module, AUProjection):
             _init.normal_(module.weight, mean=0.0, std=std)
             _init.constant_(module.bias, self.config.au_projection_bias_init)
         elif isinstance(module, SharedClassifier):
@@ -274,24 +414,45 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, PerAUClassifier):
             _init.normal_(module.weight, mean=0.0, std=std)
             _init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear) and not getattr(module, "_in_backbone", False):
+        elif isinstance(module, nn.Linear):
             _init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 _init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm) and not getattr(module, "_in_backbone", False):
+        elif isinstance(module, nn.LayerNorm):
             _init.ones_(module.weight)
             _init.zeros_(module.bias)
         elif isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()
+            _init.xavier_uniform_(module.in_proj_weight)
+            _init.zeros_(module.in_proj_bias)
+            _init.zeros_(module.out_proj.bias)
+        if "au_text_embeddings" in module._buffers:
+            _init.zeros_(module.au_text_embeddings)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        """transformers' switch, extended to the timm backbone (timm checkpoints its blocks itself)."""
+        backbone = self.get_backbone()
+        if hasattr(backbone, "set_grad_checkpointing"):
+            backbone.set_grad_checkpointing(enable)
+        if any(isinstance(module, GradientCheckpointingLayer) for module in self.modules()):
+            if gradient_checkpointing_func is not None:
+                kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
+            super()._set_gradient_checkpointing(enable, **kwargs)
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """transformers' flag, also true when only the timm backbone checkpoints (the baselines have no other layers)."""
+        return bool(getattr(self.get_backbone(), "grad_checkpointing", False)) or super().is_activation_checkpointing
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as usual; when registered for auto classes, also map ``AutoModel`` to this class in ``auto_map``.
-
-        So ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` returns the detection model with its head.
-        """
+        """Save as usual; when registered for auto classes, ``auto_map`` maps ``AutoModel`` to the bare model and the
+        task auto class to the head (transformers' convention), so both load with ``trust_remote_code``."""
         if self._auto_class is not None:
-            entry = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": entry}
+            module = type(self).__module__.split(".")[-1]
+            entries = {self._auto_class: f"{module}.{type(self).__name__}"}
+            bare = getattr(self, "base_model_class_name", None)
+            if bare is not None:
+                entries["AutoModel"] = f"{module}.{bare}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **entries}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -299,14 +460,19 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         """Load as usual, then copy tensors that the loader left at unaligned addresses.
 
         Weights memory-mapped from safetensors can sit at addresses that make BLAS pick other kernels; copying
-        them makes a loaded model compute bit-for-bit what the saved one did.
+        them makes a loaded model compute bit-for-bit what the saved one did. Returns ``(model, loading_info)`` with
+        ``output_loading_info=True``, as transformers does.
         """
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         with torch.no_grad():
             for tensor in [*model.parameters(), *model.buffers()]:
                 if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
                     tensor.data = tensor.data.clone()
-        return model
+        return loaded
+
+    # The bare model a head is built on (``auto_map["AutoModel"]`` when saved for remote code); None: no bare model.
+    base_model_class_name: str | None = None
 
     # Whether the model reads the frozen AU text table (the plain ResNet baseline does not).
     uses_au_text = True
@@ -316,6 +482,7 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         backbone = create_backbone(config.backbone, getattr(config, "backbone_output_stride", None))
         for module in backbone.modules():
             module._in_backbone = True
+        _mark_zero_init_norms(backbone)
         if config.visual_hidden_size is None:
             config.visual_hidden_size = int(backbone.num_features)
         elif config.visual_hidden_size != backbone.num_features:
@@ -343,14 +510,14 @@ class SEVNetPreTrainedModel(PreTrainedModel):
             config: the model configuration (defaults: resnet18, BERT-Large sentence encoder, the 12 BP4D AUs).
             backbone_weights: ``"timm"`` downloads timm's pretrained weights for ``config.backbone``; a path loads a
                 local ``.safetensors``/``.pth``/``.bin`` state dict; ``None`` keeps a random initialisation.
-            text_encoder: Hub id, local folder or a loaded [`TextEncoder`]; defaults to ``config.text_encoder``.
+            text_encoder: Hub id, local folder or a loaded [`TextEncoder`]; defaults to ``config.text_encoder_name_or_path``.
                 Models that read no text (``uses_au_text = False``) ignore it.
             au_descriptions: dict, JSON file, or ``None`` for ``config.au_descriptions`` / the shipped descriptions.
         """
         config = config if config is not None else cls.config_class()
         encoder = resolve_text_encoder(text_encoder, config) if cls.uses_au_text else None
         if encoder is not None:
-            config.text_encoder = encoder.name
+            config.text_encoder_name_or_path = encoder.name
             config.text_pooling = encoder.pooling
             config.text_hidden_size = encoder.hidden_size
         model = cls(config)
@@ -359,6 +526,45 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         if encoder is not None:
             model.set_au_descriptions(au_descriptions, text_encoder=encoder)
         return model
+
+
+def _init_backbone_module(module: nn.Module) -> None:
+    """timm's ResNet initialisation, one module at a time: convolutions Kaiming-normal (fan-out), norms 1/0 except
+    those timm starts at 0 (``zero_init_last``: the last norm of each residual block, marked by ``_build_backbone``),
+    running statistics 0/1."""
+    if isinstance(module, nn.Conv2d):
+        _init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            _init.zeros_(module.bias)
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        if module.weight is not None:
+            (_init.zeros_ if getattr(module, "_zero_init", False) else _init.ones_)(module.weight)
+            _init.zeros_(module.bias)
+        if module.running_mean is not None:
+            _init.zeros_(module.running_mean)
+            _init.ones_(module.running_var)
+            _init.zeros_(module.num_batches_tracked)
+    elif isinstance(module, (nn.GroupNorm, nn.LayerNorm)) and module.weight is not None:
+        _init.ones_(module.weight)
+        _init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        _init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            _init.zeros_(module.bias)
+
+
+def _mark_zero_init_norms(backbone: nn.Module) -> None:
+    """Mark the norms timm starts at 0 (``zero_init_last``) so ``_init_weights`` gives them 0 again: a backbone key
+    missing from a checkpoint then gets what timm would have given it. Read from the weights timm made; on the meta
+    device (no values) from the blocks' structure (timm's ResNet blocks zero ``bn3``, else ``bn2``)."""
+    for module in backbone.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.modules.batchnorm._NormBase) and weight is not None and not weight.is_meta:
+            module._zero_init = not bool(weight.any())
+        elif callable(getattr(module, "zero_init_last", None)):
+            last = getattr(module, "bn3", None) or getattr(module, "bn2", None)
+            if isinstance(last, nn.modules.batchnorm._NormBase):
+                last._zero_init = True
 
 
 def _compiling() -> bool:
@@ -375,18 +581,7 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
         self.backbone = self._build_backbone(config)
         self.register_buffer("au_text_embeddings", torch.zeros(config.num_labels, config.text_hidden_size))
         self.text_projection = nn.Linear(config.text_hidden_size, config.inter_au_hidden_size)
-        layer = nn.TransformerEncoderLayer(
-            d_model=config.inter_au_hidden_size,
-            nhead=config.inter_au_num_heads,
-            dim_feedforward=config.inter_au_intermediate_size,
-            dropout=config.inter_au_dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=False,  # post-LN, Eq. 2-3
-        )
-        self.inter_au_encoder = nn.TransformerEncoder(
-            layer, num_layers=config.inter_au_num_layers, enable_nested_tensor=False
-        )
+        self.inter_au_encoder = InterAUEncoder(config)
         self.au_projection = AUProjection(config.inter_au_hidden_size, config.visual_hidden_size)
         self.post_init()
 
@@ -409,32 +604,63 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
             cached = getattr(self, "_au_embedding_cache", None)
             if cached is not None and cached[0] == key:
                 return cached[1]
-        table = self.au_text_embeddings.to(self.text_projection.weight.dtype)
-        encoded = self.inter_au_encoder(self.text_projection(table).unsqueeze(0)).squeeze(0)
-        embeddings = self.au_projection(encoded)
+        embeddings = self._text_path()[0]
         if cacheable:
             self._au_embedding_cache = (key, embeddings)
         return embeddings
+
+    def _text_path(self, output_attentions: bool = False, output_hidden_states: bool = False):
+        """Intra-AU table -> Inter-AU encoder (Eq. 2-3) -> projection to d_v (Eq. 4's w̄); with its states/weights."""
+        table = self.au_text_embeddings.to(self.text_projection.weight.dtype)
+        encoded, states, weights = self.inter_au_encoder(
+            self.text_projection(table).unsqueeze(0), output_attentions, output_hidden_states
+        )
+        return self.au_projection(encoded.squeeze(0)), states, weights
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SEVNetModelOutput | tuple:
+        r"""
+        output_attentions (`bool`, *optional*):
+            Return the AU attention maps (`au_attention_maps`, `cross_attentions`) and the Inter-AU self-attention
+            (`attentions`).
+        output_hidden_states (`bool`, *optional*):
+            Return the Inter-AU hidden states (`hidden_states`) and the backbone stages (`vision_hidden_states`).
+        """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        visual_features = self.backbone(pixel_values)
-        au_embeddings = self.compute_au_embeddings().to(visual_features.dtype)
+        visual_features, vision_states = backbone_features(self.backbone, pixel_values, output_hidden_states)
+        if output_attentions or output_hidden_states:
+            au_embeddings, states, weights = self._text_path(output_attentions, output_hidden_states)
+        else:
+            au_embeddings, states, weights = self.compute_au_embeddings(), None, None
+        au_embeddings = au_embeddings.to(visual_features.dtype)
         attended, alpha = cross_modality_attention(visual_features, au_embeddings)
-        attentions = alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None
-        output = SEVNetModelOutput(attended, visual_features, au_embeddings, attentions)
+        output = SEVNetModelOutput(
+            attended_features=attended,
+            visual_features=visual_features,
+            au_embeddings=au_embeddings,
+            au_attention_maps=alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None,
+            hidden_states=states,
+            vision_hidden_states=vision_states,
+            attentions=weights,
+            cross_attentions=(alpha.unsqueeze(1),) if output_attentions else None,
+        )
         return output if return_dict else output.to_tuple()
 
 
 class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
     """SEV-Net with Eq. 7's classifier (shared across AUs by default) and the masked BCE loss."""
+
+    base_model_class_name = "SEVNetModel"
 
     def __init__(self, config: SEVNetConfig):
         super().__init__(config)
@@ -462,15 +688,20 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AUDetectionOutput | tuple:
         r"""
         labels (`torch.Tensor` of shape `(batch_size, num_aus)`, *optional*):
             1 present, 0 absent; a negative value or 9 marks an unknown label, left out of the loss.
+        output_attentions / output_hidden_states (`bool`, *optional*):
+            As [`SEVNetModel`]: attention maps and Inter-AU attention; Inter-AU and backbone hidden states.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.sevnet(pixel_values, output_attentions=output_attentions, return_dict=True)
+        outputs = self.sevnet(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
+        )
         logits = self.classifier(self.dropout(outputs.attended_features))
         loss = None
         if labels is not None:
@@ -478,7 +709,15 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
             if self.config.au_diversity_weight > 0:
                 loss = loss + self.config.au_diversity_weight * au_embedding_similarity(outputs.au_embeddings)
         output = AUDetectionOutput(
-            loss, logits, outputs.cross_attentions, outputs.visual_features, outputs.au_embeddings
+            loss=loss,
+            logits=logits,
+            au_attention_maps=outputs.au_attention_maps,
+            visual_features=outputs.visual_features,
+            au_embeddings=outputs.au_embeddings,
+            hidden_states=outputs.hidden_states,
+            vision_hidden_states=outputs.vision_hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -25,22 +25,20 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-# What is registered; the same calls ``import sevnet_hf`` made before it became lazy. Classes are named
+# What is registered. transformers' convention: ``AutoModel`` gives the bare model (SEVNetModel), the task class
+# (``AutoModelForImageClassification``) the detection head; the baselines have no bare model, so no AutoModel row. Classes are named
 # ``module.Class`` inside ``sevnet_hf`` so that a row can wait for its module without importing it.
 #   auto class                        config class                               class the auto class resolves to
 REGISTRATIONS: tuple[tuple[str, str, str], ...] = (
     ("AutoConfig", "configuration_sevnet.SEVNetConfig", "configuration_sevnet.SEVNetConfig"),
-    ("AutoModel", "configuration_sevnet.SEVNetConfig", "modeling_sevnet.SEVNetForAUDetection"),
+    ("AutoModel", "configuration_sevnet.SEVNetConfig", "modeling_sevnet.SEVNetModel"),
     ("AutoModelForImageClassification", "configuration_sevnet.SEVNetConfig", "modeling_sevnet.SEVNetForAUDetection"),
     ("AutoImageProcessor", "configuration_sevnet.SEVNetConfig", "image_processing_sevnet.SEVNetImageProcessor"),
     ("AutoConfig", "configuration_baselines.AUResNetConfig", "configuration_baselines.AUResNetConfig"),
-    ("AutoModel", "configuration_baselines.AUResNetConfig", "modeling_baselines.AUResNetForAUDetection"),
     ("AutoModelForImageClassification", "configuration_baselines.AUResNetConfig", "modeling_baselines.AUResNetForAUDetection"),
     ("AutoConfig", "configuration_baselines.AUMLGCNConfig", "configuration_baselines.AUMLGCNConfig"),
-    ("AutoModel", "configuration_baselines.AUMLGCNConfig", "modeling_baselines.AUMLGCNForAUDetection"),
     ("AutoModelForImageClassification", "configuration_baselines.AUMLGCNConfig", "modeling_baselines.AUMLGCNForAUDetection"),
     ("AutoConfig", "configuration_baselines.AUMSCAMConfig", "configuration_baselines.AUMSCAMConfig"),
-    ("AutoModel", "configuration_baselines.AUMSCAMConfig", "modeling_baselines.AUMSCAMForAUDetection"),
     ("AutoModelForImageClassification", "configuration_baselines.AUMSCAMConfig", "modeling_baselines.AUMSCAMForAUDetection"),
 )  # fmt: skip
 
@@ -49,6 +47,7 @@ REGISTRATIONS: tuple[tuple[str, str, str], ...] = (
 #   class                                          auto class named in the saved auto_map
 SAVED_AUTO_MAP: tuple[tuple[str, str], ...] = (
     ("configuration_sevnet.SEVNetConfig", "AutoConfig"),
+    ("modeling_sevnet.SEVNetModel", "AutoModel"),
     ("modeling_sevnet.SEVNetForAUDetection", "AutoModelForImageClassification"),
     ("image_processing_sevnet.SEVNetImageProcessor", "AutoImageProcessor"),
     ("configuration_baselines.AUResNetConfig", "AutoConfig"),

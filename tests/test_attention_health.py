@@ -61,7 +61,7 @@ def _train_briefly(diversity_weight: float, encoder, steps: int = 30, seed: int 
     model.eval()
     with torch.no_grad():
         out = model(_patch_faces(16, generator)[0], output_attentions=True)
-    return float(pairwise_cosine(out.au_embeddings)), float(pairwise_map_tv(out.cross_attentions).mean())
+    return float(pairwise_cosine(out.au_embeddings)), float(pairwise_map_tv(out.au_attention_maps).mean())
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_backbone_output_stride_sets_the_attention_grid(stride, grid):
     model.set_au_text_embeddings(torch.randn(5, 32))
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 96), output_attentions=True)
-    assert out.cross_attentions.shape == (1, 5, grid, grid)
-    assert torch.allclose(out.cross_attentions.sum((-1, -2)), torch.ones(1, 5))
+    assert out.au_attention_maps.shape == (1, 5, grid, grid)
+    assert torch.allclose(out.au_attention_maps.sum((-1, -2)), torch.ones(1, 5))
 
 
 def test_backbone_output_stride_survives_save_and_load(tmp_path):
@@ -154,7 +154,7 @@ def test_health_accumulates_over_batches():
     embeddings = torch.stack([torch.ones(4), -torch.ones(4)])
     for maps in (torch.eye(2).view(1, 2, 1, 2), torch.full((1, 2, 1, 2), 0.5)):
         health.update(
-            SimpleNamespace(cross_attentions=maps, visual_features=torch.rand(1, 4, 1, 2), au_embeddings=embeddings)
+            SimpleNamespace(au_attention_maps=maps, visual_features=torch.rand(1, 4, 1, 2), au_embeddings=embeddings)
         )
     result = health.compute()
     assert result["au_embedding_cosine"] == pytest.approx(-1.0)

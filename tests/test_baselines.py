@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, BertConfig, BertModel, BertTokenizer
+from transformers import AutoModelForImageClassification, BertConfig, BertModel, BertTokenizer
 
 from sevnet_hf import (
     MODEL_TYPES,
@@ -161,10 +161,10 @@ def test_mscam_attention_maps_sum_to_one_and_graph_loss_is_added():
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 9.0, 1.0]])
     out = model(pixels, labels=labels, output_attentions=True)
     height, width = out.visual_features.shape[-2:]
-    assert out.cross_attentions.shape == (2, 3, height, width)
-    assert (out.cross_attentions >= 0).all()
-    torch.testing.assert_close(out.cross_attentions.sum(dim=(-2, -1)), torch.ones(2, 3))
-    assert model(pixels).cross_attentions is None
+    assert out.au_attention_maps.shape == (2, 3, height, width)
+    assert (out.au_attention_maps >= 0).all()
+    torch.testing.assert_close(out.au_attention_maps.sum(dim=(-2, -1)), torch.ones(2, 3))
+    assert model(pixels).au_attention_maps is None
 
     cosine = F.normalize(out.au_embeddings, dim=-1) @ F.normalize(out.au_embeddings, dim=-1).t()
     target = torch.sign(torch.tensor(model.config.graph) * 2)  # the PCC graph is symmetric
@@ -209,7 +209,7 @@ def test_from_backbones_loads_backbone_file_and_builds_text_table(tmp_path):
     model = AUMSCAMForAUDetection.from_backbones(
         config, backbone_weights=tmp_path / "resnet18.safetensors", text_encoder=encoder, au_descriptions=descriptions
     )
-    assert model.config.text_hidden_size == TEXT_WIDTH and model.config.text_encoder == "tiny-bert"
+    assert model.config.text_hidden_size == TEXT_WIDTH and model.config.text_encoder_name_or_path == "tiny-bert"
     assert model.has_au_text_embeddings and model.config.au_descriptions == descriptions
     torch.testing.assert_close(model.backbone.conv1.weight, source.conv1.weight)
 
@@ -232,8 +232,9 @@ def test_save_and_load_give_identical_logits(tmp_path, config_class, model_class
         expected = model(pixels, labels=labels)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["auto_map"]["AutoModel"] == f"modeling_baselines.{model_class.__name__}"
-    for loader in (model_class, AutoModel):
+    assert config["auto_map"]["AutoModelForImageClassification"] == f"modeling_baselines.{model_class.__name__}"
+    assert "AutoModel" not in config["auto_map"]  # no bare baseline model: AutoModel is for bare models
+    for loader in (model_class, AutoModelForImageClassification):
         reloaded = loader.from_pretrained(tmp_path).eval()
         assert type(reloaded) is model_class
         with torch.no_grad():
@@ -246,11 +247,11 @@ _REMOTE_LOADER = """
 import sys
 sys.modules["sevnet_hf"] = None  # the package must not be importable: only the files in each folder count
 import torch
-from transformers import AutoModel
+from transformers import AutoModelForImageClassification
 pixels = torch.load(sys.argv[1])
 results = {}
 for folder in sys.argv[3:]:
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     assert "sevnet_hf" not in type(model).__module__, type(model).__module__
     with torch.no_grad():
         results[folder] = (type(model).__name__, model(pixels).logits)

@@ -12,7 +12,7 @@ from sevnet_hf.cli import main
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
-    from transformers import AutoModel
+    from transformers import AutoModelForImageClassification
 
     out = tmp_path / "demo"
     argv = [
@@ -50,7 +50,7 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     assert 0 <= summary["test_map_tv"] <= 1 and summary["test_mass_over_uniform"] > 0
     for path in (summary["training_curve"], summary["attention_figure"], out / "photo_aus.csv"):
         assert Path(path).is_file(), path
-    model = AutoModel.from_pretrained(summary["model_dir"])
+    model = AutoModelForImageClassification.from_pretrained(summary["model_dir"])
     assert len(model.config.au_labels) >= 15 and model.has_au_text_embeddings
     assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
     assert model.config.shared_classifier and not model.config.classifier_per_au_bias

@@ -256,7 +256,7 @@ def test_per_au_thresholds_from_the_config(tiny_text_encoder_dir, astronaut, tmp
     )
     model.save_pretrained(tmp_path)  # no processor saved: one is built from the config
     detector = AUDetector(str(tmp_path), device="cpu")
-    assert detector.processor.crop_size == 64
+    assert detector.processor.square_sizes()[1] == 64
     (result,) = detector.detect(astronaut)
     assert np.all((result.probabilities > 0.01) & (result.probabilities < 0.99))
     assert result.occurrences.tolist() == [1, 0, 1, 0, 1] and result.present_aus() == ["AU1", "AU4", "AU12"]
@@ -395,7 +395,7 @@ def test_au_detection_pipeline_matches_the_detector(model_dir, astronaut, photo_
     (again,) = same(str(photo_folder / "astronaut.png"))
     np.testing.assert_allclose([again[f"{label}_prob"] for label in LABELS], expected.probabilities, atol=1e-5)
     built = au_pipeline(loaded, device="cpu")  # no processor given: built from the config (crop 64 of 73)
-    assert built.image_processor.crop_size == 64 and built.image_processor.size == 73
+    assert built.image_processor.square_sizes() == (73, 64)
     assert built(astronaut)[0]["status"] == "ok"
 
 
@@ -407,8 +407,8 @@ def test_fresh_process_without_sevnet_hf_gives_the_detectors_probabilities(model
 import json, sys
 sys.modules["sevnet_hf"] = None  # the package must not be importable
 import numpy as np, torch
-from transformers import AutoImageProcessor, AutoModel
-model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained({str(model_dir)!r}, trust_remote_code=True)
 pixels = processor(np.load({str(tmp_path / "aligned.npy")!r}), return_tensors="pt")["pixel_values"]
 with torch.no_grad():

@@ -60,7 +60,8 @@ def test_model_card_describes_the_head_and_departures_from_the_config_with_no_ma
     from sevnet_hf import SEVNetConfig
 
     config = SEVNetConfig(
-        shared_classifier=shared, backbone_output_stride=16, au_diversity_weight=1.0, text_encoder=str(tmp_path / "enc")
+        shared_classifier=shared, backbone_output_stride=16, au_diversity_weight=1.0,
+        text_encoder_name_or_path=str(tmp_path / "enc"),
     )
     history = [{"epoch": 3, "au_embedding_cosine": 0.08, "au_map_tv": 0.6, "dead_map_share": 0.0}]
     text = render_model_card(config, {"history": history})

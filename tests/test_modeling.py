@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sevnet_hf import SEVNetConfig, SEVNetForAUDetection, SEVNetImageProcessor, cross_modality_attention
+from sevnet_hf import SEVNetConfig, SEVNetForAUDetection, SEVNetImageProcessor, SEVNetModel, cross_modality_attention
 from sevnet_hf.text_encoder import load_text_encoder
 from tests.conftest import tiny_config
 
@@ -26,13 +26,13 @@ def test_shapes_and_outputs(tiny_model):
     assert out.logits.shape == (3, 5)
     assert out.visual_features.shape == (3, 512, 2, 2)
     assert out.au_embeddings.shape == (5, 512)
-    assert out.cross_attentions.shape == (3, 5, 2, 2)
-    assert tiny_model(images()).cross_attentions is None
+    assert out.au_attention_maps.shape == (3, 5, 2, 2)
+    assert tiny_model(images()).au_attention_maps is None
 
 
 def test_attention_maps_are_distributions_and_match_eq_4_5(tiny_model):
     out = tiny_model(images(), output_attentions=True)
-    maps = out.cross_attentions
+    maps = out.au_attention_maps
     assert (maps >= 0).all()
     torch.testing.assert_close(maps.sum(dim=(-1, -2)), torch.ones(3, 5))
     # Recompute Eq. 4-5 by hand from the returned V and w̄.
@@ -47,7 +47,7 @@ def test_attention_maps_are_distributions_and_match_eq_4_5(tiny_model):
 def test_logits_are_one_shared_linear_function_of_attended_features(tiny_model):
     out = tiny_model(images(), output_attentions=True)
     v = out.visual_features.flatten(2)
-    attended = torch.einsum("bnl,bcl->bnc", out.cross_attentions.flatten(2), v)  # Eq. 6
+    attended = torch.einsum("bnl,bcl->bnc", out.au_attention_maps.flatten(2), v)  # Eq. 6
     classifier = tiny_model.classifier
     assert classifier.weight.shape == (1, 512)  # one classifier for all AUs
     expected = attended @ classifier.weight[0] + classifier.bias[0]
@@ -98,7 +98,7 @@ def test_au_text_table_is_saved_and_prediction_needs_no_text_encoder(tiny_model,
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["au_descriptions"]["AU1"].startswith("Inner brow raiser")
     # Loading needs no text encoder: point the config at a folder that does not exist.
-    loaded = SEVNetForAUDetection.from_pretrained(tmp_path, text_encoder=str(tmp_path / "absent")).eval()
+    loaded = SEVNetForAUDetection.from_pretrained(tmp_path, text_encoder_name_or_path=str(tmp_path / "absent")).eval()
     x = images()
     torch.testing.assert_close(loaded(x).logits, tiny_model(x).logits, rtol=0, atol=0)
     torch.testing.assert_close(loaded.au_text_embeddings, tiny_model.au_text_embeddings)
@@ -124,13 +124,16 @@ def test_fresh_process_trust_remote_code_load_gives_identical_outputs(tiny_model
 import sys
 sys.modules["sevnet_hf"] = None  # the package must not be importable
 import torch
-from transformers import AutoImageProcessor, AutoModel
-model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+bare = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
 ref = torch.load({str(tmp_path / "ref.pt")!r})
 assert type(model).__name__ == "SEVNetForAUDetection", type(model)
-assert processor.crop_size == 64
+assert type(bare).__name__ == "SEVNetModel", type(bare)  # AutoModel: the bare model, as transformers maps it
+assert processor.square_sizes() == (72, 64), processor.square_sizes()
 print("MAXDIFF", float((model(ref["x"]).logits - ref["logits"]).abs().max()))
+print("BAREDIFF", float((bare(ref["x"]).attended_features - model.sevnet(ref["x"]).attended_features).abs().max()))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
@@ -138,6 +141,7 @@ print("MAXDIFF", float((model(ref["x"]).logits - ref["logits"]).abs().max()))
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MAXDIFF 0.0" in result.stdout
+    assert "BAREDIFF 0.0" in result.stdout
 
 
 def test_auto_classes_in_process(tiny_model, tmp_path):
@@ -145,8 +149,15 @@ def test_auto_classes_in_process(tiny_model, tmp_path):
 
     tiny_model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), SEVNetConfig)
-    assert isinstance(AutoModel.from_pretrained(tmp_path), SEVNetForAUDetection)
-    assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path), SEVNetForAUDetection)
+    # transformers' convention: AutoModel gives the bare model (the head's "sevnet." weights), the task class the head.
+    bare = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(bare) is SEVNetModel
+    head = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert type(head) is SEVNetForAUDetection
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(bare(x).attended_features, tiny_model.sevnet(x).attended_features)
+        assert torch.equal(head(x).logits, tiny_model(x).logits)
 
 
 def test_zero_attention_maps_are_uniform_and_keep_gradients():
@@ -291,7 +302,7 @@ def test_image_processor_accepts_common_inputs(tmp_path):
     torch.testing.assert_close(batch[3], batch[0])
     processor.save_pretrained(tmp_path)
     reloaded = SEVNetImageProcessor.from_pretrained(tmp_path)
-    assert (reloaded.size, reloaded.crop_size) == (72, 64)
+    assert reloaded.square_sizes() == (72, 64)
     with pytest.raises(ValueError, match="crop_size"):
         SEVNetImageProcessor(size=100, crop_size=128)
     assert Path(tmp_path / "preprocessor_config.json").is_file()
@@ -329,7 +340,7 @@ def test_per_au_bias_option_adds_one_bias_per_au_to_the_shared_function(tiny_tex
     with torch.no_grad():
         model.classifier.au_bias.copy_(torch.arange(5.0))
         out = model(images(), output_attentions=True)
-    attended = torch.einsum("bnl,bcl->bnc", out.cross_attentions.flatten(2), out.visual_features.flatten(2))
+    attended = torch.einsum("bnl,bcl->bnc", out.au_attention_maps.flatten(2), out.visual_features.flatten(2))
     shared = attended @ model.classifier.weight[0] + model.classifier.bias[0]
     torch.testing.assert_close(out.logits, shared + torch.arange(5.0), rtol=1e-4, atol=1e-5)
     model.set_au_descriptions(text_encoder=tiny_text_encoder_dir, aus=[9, 25])

@@ -71,7 +71,7 @@ def weights(folder: Path) -> dict:
 
 
 def test_full_run_saves_a_loadable_model_with_results(prepared, tiny_text_encoder_dir, tmp_path):
-    from transformers import AutoModel
+    from transformers import AutoModelForImageClassification
 
     results = train(run_args(prepared, tiny_text_encoder_dir, tmp_path))
     model_dir = tmp_path / "model"
@@ -85,7 +85,7 @@ def test_full_run_saves_a_loadable_model_with_results(prepared, tiny_text_encode
     assert all(s.startswith("P3") for s in subjects["test"])  # fold 1 tests on part 3
     assert results["images"]["test"] == 12
     assert set(results["test"]["f1"]) == {"AU1", "AU2", "AU4"}
-    model = AutoModel.from_pretrained(model_dir)
+    model = AutoModelForImageClassification.from_pretrained(model_dir)
     assert model.config.au_labels == ["AU1", "AU2", "AU4"] and model.has_au_text_embeddings
     assert "test mean F1" in (model_dir / "README.md").read_text() or "Avg" in (model_dir / "README.md").read_text()
 

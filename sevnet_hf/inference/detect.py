@@ -446,12 +446,12 @@ def load_model_and_processor(model, processor=None, trust_remote_code: bool = Fa
     be fetched) raises :class:`ModelLoadError`, one line that names the folder or file.
     """
     if isinstance(model, (str, os.PathLike)):
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         name = os.fspath(model)
         check_model_location(name)
         try:
-            loaded = AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+            loaded = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
         except Exception as error:  # transformers, huggingface_hub and safetensors each raise their own types
             raise _model_load_error(name, error) from error
         if processor is None:
@@ -604,7 +604,7 @@ class AUDetector:
                 return_dict=True,
             )
         probabilities = outputs.logits.float().sigmoid().cpu().numpy().astype(np.float64)
-        maps = getattr(outputs, "cross_attentions", None) if output_attentions else None
+        maps = getattr(outputs, "au_attention_maps", None) if output_attentions else None
         if output_attentions and maps is None and not self._warned_no_attention:
             warnings.warn(
                 f"{type(self.model).__name__} returns no attention maps; attention grids show probabilities only",
@@ -1368,10 +1368,10 @@ def parse_detect_args(argv: list[str] | None = None) -> DetectArguments:
 def _save_attention_grids(results: Sequence[FaceResult], folder: str, detector: AUDetector) -> None:
     from .overlay import attention_grid, model_view
 
-    size = getattr(detector.processor, "size", None)
-    crop = getattr(detector.processor, "crop_size", None)
-    size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
-    crop = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
+    try:  # the region the attention maps cover: SEV-Net's processor has a shorter side and a square crop
+        size, crop = detector.processor.square_sizes()
+    except (AttributeError, ValueError):  # another processor: show the whole aligned face
+        size = crop = None
     if getattr(detector.processor, "do_center_crop", True) is False:
         crop = None
     for result in results:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from transformers import AutoModel, Pipeline
+from transformers import AutoModelForImageClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .detect import AUDetector, FaceResult, expand_inputs, processor_from_config
@@ -95,7 +95,7 @@ class AUDetectionPipeline(Pipeline):
         outputs = self.model(
             pixel_values=pixel_values.to(dtype), output_attentions=output_attentions or None, return_dict=True
         )
-        attentions = getattr(outputs, "cross_attentions", None) if output_attentions else None
+        attentions = getattr(outputs, "au_attention_maps", None) if output_attentions else None
         return {"logits": outputs.logits, "attentions": attentions, "results": model_inputs["results"]}
 
     def postprocess(self, model_outputs, output_attentions: bool = False):
@@ -124,7 +124,7 @@ def register_pipeline() -> None:
     """Register the ``au-detection`` task with transformers (done on ``import sevnet_hf.inference``)."""
     if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is AUDetectionPipeline:
         return
-    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AUDetectionPipeline, pt_model=AutoModel, type="image")
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AUDetectionPipeline, pt_model=AutoModelForImageClassification, type="image")
 
 
 def au_pipeline(model, device=None, **kwargs) -> AUDetectionPipeline:

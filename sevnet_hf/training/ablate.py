@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..cli_args import parse_args
 
     args = parse_args(argv, AblateArguments, "sevnet-hf ablate")  # before the imports below: --help needs no torch
-    from transformers import AutoImageProcessor, AutoModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from ..data.schema import load_prepared, read_metadata
 
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     attention_models = {}
     for model_type in model_types:
         folder = root / model_type / f"fold_{fold}" / "model"
-        model = AutoModel.from_pretrained(folder).eval()
+        model = AutoModelForImageClassification.from_pretrained(folder).eval()
         probe = model(
             **AutoImageProcessor.from_pretrained(folder)(np.zeros((64, 64, 3), np.uint8)), output_attentions=True
         )
-        if probe.cross_attentions is not None:
+        if probe.au_attention_maps is not None:
             attention_models[model_type] = (model, AutoImageProcessor.from_pretrained(folder))
     if attention_models:
         from .attention_analysis import localisation_scores, side_by_side_attention

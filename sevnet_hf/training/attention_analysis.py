@@ -71,8 +71,9 @@ def _scan(model, processor, dataset, au_columns, max_images, batch_size, aligned
     if "au_regions" not in dataset.column_names:
         raise ValueError("localisation needs the synthetic set's au_regions column (per-AU boxes in aligned pixels)")
     model.eval()
-    scale = aligned_size / processor.size
-    left = top = (processor.size - processor.crop_size) // 2
+    resize, crop_size = processor.square_sizes()
+    scale = aligned_size / resize
+    left = top = (resize - crop_size) // 2
     count = min(max_images, len(dataset))
     mass = {c: [] for c in au_columns}
     peak = {c: [] for c in au_columns}
@@ -83,16 +84,16 @@ def _scan(model, processor, dataset, au_columns, max_images, batch_size, aligned
         rows = dataset[start : min(count, start + batch_size)]
         images = [np.asarray(im.convert("RGB")) for im in rows["image"]]
         out = model(**processor(images), output_attentions=True)
-        if out.cross_attentions is None:
+        if out.au_attention_maps is None:
             raise ValueError(f"{type(model).__name__} returns no attention maps")
-        tv.extend(pairwise_map_tv(out.cross_attentions).tolist())
-        maps = out.cross_attentions.float().numpy()
+        tv.extend(pairwise_map_tv(out.au_attention_maps).tolist())
+        maps = out.au_attention_maps.float().numpy()
         grid = maps.shape[-2:]
         for i in range(len(images)):
             for k, column in enumerate(au_columns):
                 if rows[column][i] != 1:
                     continue
-                overlap = _cell_overlap(rows["au_regions"][i][k], grid, processor.crop_size, left, top, scale)
+                overlap = _cell_overlap(rows["au_regions"][i][k], grid, crop_size, left, top, scale)
                 attention = maps[i, k]
                 mass[column].append(float((attention * overlap).sum()))
                 peak_cell = np.unravel_index(attention.argmax(), attention.shape)
@@ -121,11 +122,11 @@ def side_by_side_attention(models: dict, processor, faces: list[np.ndarray], pat
         for name, model in models.items():
             with torch.no_grad():
                 out = model(**processor(face), output_attentions=True)
-            if out.cross_attentions is None:
+            if out.au_attention_maps is None:
                 continue
             probabilities = torch.sigmoid(out.logits)[0].numpy()
             panel = attention_grid(
-                face, out.cross_attentions[0].float().numpy(), model.config.au_labels, probabilities
+                face, out.au_attention_maps[0].float().numpy(), model.config.au_labels, probabilities
             )
             label = np.full((22, panel.shape[1], 3), 255, np.uint8)
             _draw_text(label, name)

@@ -96,8 +96,8 @@ class AttentionHealth:
         self.sums[name] = self.sums[name] + pair if name in self.sums else pair
 
     def update(self, outputs) -> None:
-        """Add one batch: needs ``cross_attentions`` (B x N x h x w), ``visual_features`` and ``au_embeddings``."""
-        maps = getattr(outputs, "cross_attentions", None)
+        """Add one batch: needs ``au_attention_maps`` (B x N x h x w), ``visual_features`` and ``au_embeddings``."""
+        maps = getattr(outputs, "au_attention_maps", None)
         embeddings = getattr(outputs, "au_embeddings", None)
         if maps is None or embeddings is None:
             return

@@ -44,14 +44,15 @@ def build_model(args: TrainArguments, aus: list[int], train_labels: np.ndarray, 
             processor = SEVNetImageProcessor.from_backbone(
                 model.config.backbone, size=resize, crop_size=args.image_size
             )
-        processor.size, processor.crop_size = resize, args.image_size
+        processor.size = {"shortest_edge": resize}
+        processor.crop_size = {"height": args.image_size, "width": args.image_size}
         return model, processor
     config_class, model_class = model_classes(args.model_type)
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
     config = config_class(
         backbone=args.backbone,
         image_size=args.image_size,
-        text_encoder=args.text_encoder,
+        text_encoder_name_or_path=args.text_encoder,
         id2label={i: au_label(a) for i, a in enumerate(aus)},
         **overrides,
     )

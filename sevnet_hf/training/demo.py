@@ -115,9 +115,9 @@ def figure_faces(dataset, au_columns: list[str], count: int = 3) -> list[int]:
 
 def load_trained(model_dir: Path):
     """``(model in eval mode, image processor)`` of a saved training run."""
-    from transformers import AutoImageProcessor, AutoModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    return AutoModel.from_pretrained(model_dir).eval(), AutoImageProcessor.from_pretrained(model_dir)
+    return AutoModelForImageClassification.from_pretrained(model_dir).eval(), AutoImageProcessor.from_pretrained(model_dir)
 
 
 def _attention_figure(model, processor, test, au_columns: list[str], path: Path, count: int = 3) -> None:
@@ -132,8 +132,8 @@ def _attention_figure(model, processor, test, au_columns: list[str], path: Path,
         with torch.no_grad():
             out = model(**processor(face), output_attentions=True)
         probabilities = torch.sigmoid(out.logits)[0].numpy()
-        view = model_view(face, processor.size, processor.crop_size)
-        panels.append(attention_grid(view, out.cross_attentions[0].numpy(), model.config.au_labels, probabilities))
+        view = model_view(face, *processor.square_sizes())
+        panels.append(attention_grid(view, out.au_attention_maps[0].numpy(), model.config.au_labels, probabilities))
     if panels:
         from PIL import Image
 

@@ -16,7 +16,7 @@ class AUDataCollator:
     or test (center crop) transform with the image processor's statistics."""
 
     def __init__(self, processor, train: bool = True, seed: int = 0):
-        self.augment = DeviceAugment(processor.crop_size, processor.image_mean, processor.image_std)
+        self.augment = DeviceAugment(processor.square_sizes()[1], processor.image_mean, processor.image_std)
         self.train = train
         self.generator = torch.Generator().manual_seed(seed)
 
