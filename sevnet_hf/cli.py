@@ -5,6 +5,7 @@
     sevnet-hf train ...                    (or: accelerate launch -m sevnet_hf.train ...)
     sevnet-hf crossval ...                 folds 1-3 and the paper-format table
     sevnet-hf ablate ...                   ResNet-18, ML-GCN, MS-CAM and SEV-Net on the same folds
+    sevnet-hf zeroshot ...                 AUs held out of training, scored from their descriptions (+ controls)
     sevnet-hf detect INPUT... --model M    AUs in photos, folders and videos
     sevnet-hf push MODEL_DIR --repo_id ID  upload to the Hugging Face Hub
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "train": "sevnet_hf.training.loop",
     "crossval": "sevnet_hf.training.crossval",
     "ablate": "sevnet_hf.training.ablate",
+    "zeroshot": "sevnet_hf.training.zeroshot",
     "detect": "sevnet_hf.inference.detect",
     "push": "sevnet_hf.hub",
 }

@@ -73,6 +73,11 @@ class SEVNetConfig(PretrainedConfig):
         au_descriptions (`dict[str, str]`, *optional*):
             The description read by the Intra-AU encoder for each AU label. Filled by `from_backbones` /
             `set_au_descriptions` from `sevnet_hf/descriptions` when not given.
+        zero_shot_aus (`list[str]`, *optional*):
+            Labels of AUs added after training from their descriptions alone (`SEVNetForAUDetection.add_aus`); they
+            come last in `id2label`. The trained AUs keep exactly the outputs they had: their Inter-AU embeddings,
+            attention maps and logits are computed as if the added AUs were not there (the added AUs' own embeddings
+            do attend to the trained ones).
         thresholds (`list[float]`, *optional*):
             Per-AU decision thresholds on the sigmoid probability; `None` means 0.5 for every AU (the field's rule).
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -112,6 +117,7 @@ class SEVNetConfig(PretrainedConfig):
         au_descriptions: dict[str, str] | None = None,
         thresholds: list[float] | None = None,
         initializer_range: float = 0.02,
+        zero_shot_aus: list[str] | None = None,
         **kwargs,
     ):
         legacy_text_encoder = kwargs.pop("text_encoder", None)  # the field's name before the rename
@@ -143,12 +149,18 @@ class SEVNetConfig(PretrainedConfig):
         self.au_descriptions = dict(au_descriptions) if au_descriptions is not None else None
         self.thresholds = list(thresholds) if thresholds is not None else None
         self.initializer_range = initializer_range
+        self.zero_shot_aus = list(zero_shot_aus) if zero_shot_aus else None
         self._validate()
 
     @property
     def aus(self) -> list[int]:
         """AU numbers in output order."""
         return [parse_au(self.id2label[i]) for i in range(len(self.id2label))]
+
+    @property
+    def num_trained_aus(self) -> int:
+        """AUs the model was trained on: the first ones of ``id2label`` (the rest were added by ``add_aus``)."""
+        return self.num_labels - len(self.zero_shot_aus or [])
 
     @property
     def au_labels(self) -> list[str]:
@@ -197,6 +209,13 @@ class SEVNetConfig(PretrainedConfig):
                 )
             if not all(0.0 < t < 1.0 for t in self.thresholds):
                 raise ValueError(f"SEVNetConfig: thresholds must lie in (0, 1), got {self.thresholds}")
+        if self.zero_shot_aus:
+            tail = labels[len(labels) - len(self.zero_shot_aus) :]
+            if tail != self.zero_shot_aus or len(self.zero_shot_aus) >= len(labels):
+                raise ValueError(
+                    f"SEVNetConfig: zero_shot_aus {self.zero_shot_aus} must be the last AUs of id2label ({labels}), "
+                    "after at least one trained AU"
+                )
         if self.au_descriptions is not None:
             missing = [label for label in labels if not str(self.au_descriptions.get(label, "")).strip()]
             if missing:

@@ -609,12 +609,29 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
             self._au_embedding_cache = (key, embeddings)
         return embeddings
 
+    def _attend(self, visual_features: torch.Tensor, au_embeddings: torch.Tensor):
+        """Eq. 4-6; the trained AUs and the AUs added by ``add_aus`` in separate calls, so the trained AUs' maps are
+        computed exactly as before the addition."""
+        trained = self.config.num_trained_aus
+        if trained == au_embeddings.shape[0]:
+            return cross_modality_attention(visual_features, au_embeddings)
+        parts = [cross_modality_attention(visual_features, au_embeddings[:trained])]
+        parts.append(cross_modality_attention(visual_features, au_embeddings[trained:]))
+        return torch.cat([parts[0][0], parts[1][0]], dim=1), torch.cat([parts[0][1], parts[1][1]], dim=1)
+
     def _text_path(self, output_attentions: bool = False, output_hidden_states: bool = False):
-        """Intra-AU table -> Inter-AU encoder (Eq. 2-3) -> projection to d_v (Eq. 4's w̄); with its states/weights."""
-        table = self.au_text_embeddings.to(self.text_projection.weight.dtype)
-        encoded, states, weights = self.inter_au_encoder(
-            self.text_projection(table).unsqueeze(0), output_attentions, output_hidden_states
-        )
+        """Intra-AU table -> Inter-AU encoder (Eq. 2-3) -> projection to d_v (Eq. 4's w̄); with its states/weights.
+
+        With AUs added by ``add_aus`` the trained AUs go through the encoder on their own, exactly as before the
+        addition (bit for bit), and the added AUs take their rows of a pass over all AUs (they attend to the trained
+        ones); states and weights are those of that pass.
+        """
+        table = self.text_projection(self.au_text_embeddings.to(self.text_projection.weight.dtype)).unsqueeze(0)
+        trained = self.config.num_trained_aus
+        encoded, states, weights = self.inter_au_encoder(table, output_attentions, output_hidden_states)
+        if trained < table.shape[1]:
+            alone = self.inter_au_encoder(table[:, :trained])[0]
+            encoded = torch.cat([alone, encoded[:, trained:]], dim=1)
         return self.au_projection(encoded.squeeze(0)), states, weights
 
     def forward(
@@ -643,7 +660,7 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
         else:
             au_embeddings, states, weights = self.compute_au_embeddings(), None, None
         au_embeddings = au_embeddings.to(visual_features.dtype)
-        attended, alpha = cross_modality_attention(visual_features, au_embeddings)
+        attended, alpha = self._attend(visual_features, au_embeddings)
         output = SEVNetModelOutput(
             attended_features=attended,
             visual_features=visual_features,
@@ -702,7 +719,12 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         outputs = self.sevnet(
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
         )
-        logits = self.classifier(self.dropout(outputs.attended_features))
+        features = self.dropout(outputs.attended_features)
+        trained = self.config.num_trained_aus
+        if trained == features.shape[1]:
+            logits = self.classifier(features)
+        else:  # the shared classifier on the added AUs separately: the trained AUs' logits stay bit-identical
+            logits = torch.cat([self.classifier(features[:, :trained]), self.classifier(features[:, trained:])], 1)
         loss = None
         if labels is not None:
             loss = masked_bce_loss(logits, labels)
@@ -722,6 +744,67 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     fixed_au_set_reason = None  # the Inter-AU encoder works on any number of AUs
+
+    def add_aus(
+        self,
+        au_descriptions: Mapping[str, str] | str | os.PathLike,
+        text_encoder: str | os.PathLike | TextEncoder | None = None,
+    ) -> list[str]:
+        """Add AUs from their descriptions alone, without training (zero-shot): each gets a row of the frozen AU text
+        table, computed with the same sentence encoder, and the trained weights score it (its own Inter-AU
+        embedding, attention map and shared-classifier logit). The trained AUs' outputs do not change. Returns the
+        added labels; the model (config, table) saves and loads with them like any other.
+
+        Args:
+            au_descriptions: ``{"AU5": "Upper lid raiser: ..."}`` or a JSON file of that mapping.
+            text_encoder: the encoder the model was built with (Hub id, folder or loaded); default: the one named in
+                the config. Its width must match the table's.
+
+        Raises ``ValueError`` for a model with per-AU parameters (per-AU heads or per-AU biases: a new AU would have
+        none), for AUs the model already has, and for an encoder of another width.
+        """
+        if not self.config.shared_classifier or self.config.classifier_per_au_bias:
+            raise ValueError(
+                "add_aus needs a model whose every weight is shared by all AUs: this one has "
+                + ("one classifier per AU" if not self.config.shared_classifier else "a bias per AU")
+                + ", which a new AU would not have; train with shared_classifier=True, classifier_per_au_bias=False"
+            )
+        if isinstance(au_descriptions, (str, os.PathLike)):
+            import json
+
+            path = Path(au_descriptions)
+            try:
+                au_descriptions = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"add_aus: cannot read AU descriptions from {path}: {err}") from err
+            if not isinstance(au_descriptions, Mapping):
+                raise ValueError(f"add_aus: {path} must hold a JSON object {{\"AU5\": \"description\", ...}}")
+        new = {au_label(parse_au(name)): str(text).strip() for name, text in au_descriptions.items() if name != "_about"}
+        known = [label for label in new if label in self.config.au_labels]
+        if known:
+            raise ValueError(f"add_aus: the model already has {', '.join(known)}")
+        empty = [label for label, text in new.items() if not text]
+        if not new or empty:
+            raise ValueError(f"add_aus: give a non-empty description for each new AU (empty: {empty or 'all'})")
+        encoder = resolve_text_encoder(text_encoder, self.config)
+        if encoder.hidden_size != self.config.text_hidden_size:
+            raise ValueError(
+                f"add_aus: text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's AU table is "
+                f"{self.config.text_hidden_size} wide; use the encoder it was built with "
+                f"({self.config.text_encoder_name_or_path!r})"
+            )
+        rows = encode_texts(encoder, list(new.values()), max_length=self.config.text_max_length)
+        table = torch.cat([self.au_text_embeddings, rows.to(self.au_text_embeddings)], dim=0)
+        labels = [*self.config.au_labels, *new]
+        self.config.id2label = dict(enumerate(labels))
+        self.config.label2id = {label: i for i, label in enumerate(labels)}
+        if self.config.au_descriptions is not None:  # (None only for a model whose table was set by hand)
+            self.config.au_descriptions = {**self.config.au_descriptions, **new}
+        self.config.zero_shot_aus = [*(self.config.zero_shot_aus or []), *new]
+        if self.config.thresholds is not None:
+            self.config.thresholds = [*self.config.thresholds, *[0.5] * len(new)]
+        self.au_text_embeddings = table
+        return list(new)
 
     def get_backbone(self) -> nn.Module:
         return self.sevnet.backbone

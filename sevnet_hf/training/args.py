@@ -13,6 +13,12 @@ class TrainArguments:
     output_dir: str = field(default="outputs/sevnet", metadata={"help": "Where checkpoints, logs and the model go."})
     fold: int = field(default=1, metadata={"help": "Fold 1, 2 or 3 (ME-GraphAU numbering: fold 1 tests on part3)."})
     model_type: str = field(default="sevnet", metadata={"help": "sevnet | resnet | mlgcn | mscam."})
+    exclude_aus: str | None = field(
+        default=None,
+        metadata={
+            "help": "AUs of the dataset to leave out (comma-separated): not trained on, not tested (zero-shot holdout)."
+        },
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A saved model to fine-tune (its AU set is adapted to the dataset's)."}
     )

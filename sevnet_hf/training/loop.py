@@ -24,7 +24,7 @@ from ..atomic_io import save_atomic, write_json_atomic, write_text_atomic
 from ..data.decoded_cache import build_decoded_cache, number_rows
 from ..data.transforms import AUImageDataset, DeviceAugment, collate_uint8
 from ..metrics import au_f1_scores, frequency_prior_f1, probabilities_to_predictions
-from ..protocols import fold_name, fold_parts
+from ..protocols import au_label, fold_name, fold_parts, parse_au
 from .args import TrainArguments
 from .attention_health import ATTENTION_KEYS, AttentionHealth, grad_norm, text_path_parameters, warn_if_collapsed
 
@@ -242,6 +242,13 @@ def train(args: TrainArguments) -> dict:
     metadata = read_metadata(args.dataset)
     aus = [int(a) for a in metadata["aus"]]
     au_columns = list(metadata["au_columns"])
+    if args.exclude_aus:  # the zero-shot protocol: these AUs' labels are never read
+        excluded = {au_label(parse_au(a)) for a in args.exclude_aus.split(",") if a.strip()}
+        unknown = sorted(excluded - set(au_columns))
+        if unknown:
+            raise SystemExit(f"sevnet-hf train: --exclude_aus {', '.join(unknown)} not in {args.dataset} ({au_columns})")
+        kept = [(a, c) for a, c in zip(aus, au_columns) if c not in excluded]
+        aus, au_columns = [a for a, _ in kept], [c for _, c in kept]
     resize = args.resize_size or int(round(args.image_size * 256 / 224))
     num_workers = args.num_workers
     if num_workers is None:
