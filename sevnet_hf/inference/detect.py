@@ -521,6 +521,8 @@ class AUDetector:
         prefetch: decode, find and align faces in a background thread while the model runs.
         channels_last: run the model in channels-last memory format (faster convolutions; same results up to
             float rounding).
+        add_aus, text_encoder: AUs to score from their descriptions alone (a dict or JSON file for
+            ``SEVNetForAUDetection.add_aus``) and the text encoder to embed them (default: the model's).
     """
 
     def __init__(
@@ -540,6 +542,8 @@ class AUDetector:
         trust_remote_code: bool = False,
         prefetch: bool = True,
         channels_last: bool = True,
+        add_aus=None,
+        text_encoder: str | None = None,
     ):
         self.device = resolve_device(device)
         if batch_size is None:
@@ -547,6 +551,10 @@ class AUDetector:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.processor = load_model_and_processor(model, processor, trust_remote_code)
+        if add_aus is not None:  # zero-shot AUs from their descriptions (dict or JSON file): see add_aus
+            if not hasattr(self.model, "add_aus"):
+                raise ValueError(f"{type(self.model).__name__} cannot add AUs from descriptions (SEV-Net can)")
+            self.model.add_aus(add_aus, text_encoder=text_encoder)
         self.model.to(self.device).eval()
         if channels_last:  # faster convolutions on CPU (oneDNN) and on recent GPUs; results equal up to rounding
             self.model.to(memory_format=torch.channels_last)
@@ -1324,6 +1332,17 @@ class DetectArguments:
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with frames per second."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub models that ship their own code."})
+    add_aus: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON file {\"AU5\": \"description\", ...}: score these AUs too, from their descriptions alone "
+            "(zero-shot; SEV-Net with a shared classifier; needs the model's text encoder)."
+        },
+    )
+    text_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Text encoder for --add_aus (default: the one named in the model's config)."},
+    )
     stats_json: str | None = field(
         default=None, metadata={"help": "Write timing statistics (seconds per stage, frames/s) to this JSON file."}
     )
@@ -1491,6 +1510,8 @@ def _command_detector(args: DetectArguments) -> AUDetector:
         trust_remote_code=args.trust_remote_code,
         prefetch=args.prefetch,
         channels_last=args.channels_last,
+        add_aus=args.add_aus,
+        text_encoder=args.text_encoder,
     )
 
 

@@ -1,0 +1,153 @@
+"""Zero-shot AUs: add_aus (trained AUs unchanged, save/load, refusals), the detector's add_aus, the zeroshot
+protocol end to end on a tiny set, and its metric and controls."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sevnet_hf import SEVNetForAUDetection
+from tests.conftest import tiny_config
+
+NEW = {
+    "AU5": "Upper lid raiser: the levator lifts the upper eyelid and the eye opening widens.",
+    "AU26": "Jaw drop: the jaw lowers and the mouth opens.",
+}
+
+
+def images(batch=3, seed=0):
+    return torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_add_aus_leaves_every_trained_au_bit_identical(tiny_model, tiny_text_encoder_dir):
+    x = images()
+    with torch.no_grad():
+        before = tiny_model(x, output_attentions=True)
+    added = tiny_model.add_aus(NEW, text_encoder=tiny_text_encoder_dir)
+    with torch.no_grad():
+        after = tiny_model(x, output_attentions=True)
+    assert added == ["AU5", "AU26"]
+    assert tiny_model.config.au_labels == ["AU1", "AU2", "AU4", "AU6", "AU12", "AU5", "AU26"]
+    assert tiny_model.config.zero_shot_aus == ["AU5", "AU26"] and tiny_model.config.num_trained_aus == 5
+    assert tiny_model.config.au_descriptions["AU26"] == NEW["AU26"]
+    trained = before.logits.shape[1]
+    assert torch.equal(after.logits[:, :trained], before.logits)
+    assert torch.equal(after.au_attention_maps[:, :trained], before.au_attention_maps)
+    assert torch.equal(after.au_embeddings[:trained], before.au_embeddings)
+    assert after.logits.shape == (3, 7) and torch.isfinite(after.logits).all()
+    # The new AUs have maps of their own (not a copy of a trained AU's) and sum to 1 like the others.
+    torch.testing.assert_close(after.au_attention_maps.sum((-2, -1)), torch.ones(3, 7))
+    assert not torch.equal(after.au_embeddings[5], after.au_embeddings[6])
+
+
+def test_added_aus_save_and_load(tiny_model, tiny_text_encoder_dir, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    tiny_model.add_aus(NEW, text_encoder=tiny_text_encoder_dir)
+    x = images()
+    with torch.no_grad():
+        expected = tiny_model(x).logits
+    tiny_model.save_pretrained(tmp_path)
+    for loader in (SEVNetForAUDetection, AutoModelForImageClassification):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert loaded.config.zero_shot_aus == ["AU5", "AU26"]
+        with torch.no_grad():
+            assert torch.equal(loaded(x).logits, expected)
+
+
+def test_add_aus_from_a_json_file_and_clear_errors(tiny_model, tiny_text_encoder_dir, tmp_path):
+    from sevnet_hf.offline_assets import write_random_text_encoder
+
+    file = tmp_path / "new.json"
+    file.write_text(json.dumps({"AU5": NEW["AU5"]}))
+    assert tiny_model.add_aus(file, text_encoder=tiny_text_encoder_dir) == ["AU5"]
+    with pytest.raises(ValueError, match="already has AU5"):
+        tiny_model.add_aus({"AU5": "again"}, text_encoder=tiny_text_encoder_dir)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        tiny_model.add_aus(bad, text_encoder=tiny_text_encoder_dir)
+    wider = write_random_text_encoder(tmp_path / "wide", 24)
+    with pytest.raises(ValueError, match="24 wide"):
+        tiny_model.add_aus({"AU9": "Nose wrinkler."}, text_encoder=wider)
+
+
+@pytest.mark.parametrize("fields", [{"shared_classifier": False}, {"classifier_per_au_bias": True}])
+def test_add_aus_refuses_models_with_per_au_parameters(tiny_text_encoder_dir, fields):
+    model = SEVNetForAUDetection.from_backbones(
+        tiny_config(**fields), backbone_weights=None, text_encoder=tiny_text_encoder_dir
+    )
+    with pytest.raises(ValueError, match="per AU|a bias per AU"):
+        model.add_aus(NEW, text_encoder=tiny_text_encoder_dir)
+    assert model.config.num_labels == 5  # nothing changed
+
+
+def test_detector_scores_added_aus(tiny_model_dir, tiny_text_encoder_dir, tmp_path):
+    from sevnet_hf.inference.detect import AUDetector
+
+    file = tmp_path / "new.json"
+    file.write_text(json.dumps(NEW))
+    detector = AUDetector(tiny_model_dir, device="cpu", add_aus=str(file), text_encoder=tiny_text_encoder_dir)
+    assert list(detector.au_labels[-2:]) == ["AU5", "AU26"] and len(detector.thresholds) == 7
+
+
+def test_roc_auc_matches_the_rank_statistic():
+    from sklearn.metrics import roc_auc_score
+
+    from sevnet_hf.training.zeroshot import roc_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300).astype(float)
+    scores = np.round(rng.random(300) + 0.3 * labels, 1)  # rounded: many ties
+    labels[:10] = -1  # unknown labels are left out
+    known = labels >= 0
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels[known], scores[known]))
+    assert np.isnan(roc_auc(scores, np.zeros(300)))
+
+
+def test_controls_give_held_out_aus_other_texts():
+    from sevnet_hf.training.zeroshot import control_descriptions
+
+    texts = {"AU2": "brow", "AU7": "eye", "AU26": "jaw", "AU1": "inner brow"}
+    controls = control_descriptions(["AU2", "AU7", "AU26"], texts, ["AU1"], "ears")
+    assert controls["descriptions"] == {"AU2": "brow", "AU7": "eye", "AU26": "jaw"}
+    assert controls["shuffled"] == {"AU2": "eye", "AU7": "jaw", "AU26": "brow"}
+    assert set(controls["unrelated"].values()) == {"ears"}
+    assert control_descriptions(["AU2"], texts, ["AU1"], "ears")["shuffled"] == {"AU2": "inner brow"}
+
+
+@pytest.mark.slow
+def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_dir):
+    from sevnet_hf.cli import main
+
+    out = tmp_path / "zs"
+    argv = ["zeroshot", "--output_dir", str(out), "--preset", "quick", "--epochs", "1", "--max_steps_per_epoch", "3"]
+    argv += ["--seeds", "0", "--holdout_aus", "2,26", "--text_encoder", tiny_text_encoder_dir, "--progress", "false"]
+    argv += ["--image_size", "64"]
+    assert main(argv) == 0
+    summary = json.loads((out / "zeroshot.json").read_text())
+    assert summary["holdout_aus"] == ["AU2", "AU26"]
+    for condition in ("descriptions", "shuffled", "unrelated"):
+        for au in ("AU2", "AU26"):
+            scores = summary["per_seed"]["0"][condition][au]
+            assert 0.0 <= scores["roc_auc"] <= 1.0 and 0.0 <= scores["base_rate"] <= 1.0
+    trained = json.loads((out / "train_seed0" / "model" / "config.json").read_text())
+    assert "AU2" not in trained["id2label"].values() and "AU26" not in trained["id2label"].values()
+    assert "AU1" in summary["per_seed"]["0"]["descriptions"]  # trained AUs are reported too
+
+
+def test_shipped_descriptions_name_an_area_and_a_motion():
+    from sevnet_hf.au_descriptions import load_au_descriptions
+
+    numbers = [*range(1, 29), 43]
+    texts = load_au_descriptions([n for n in numbers if n not in (3, 8, 19, 21)])
+    areas = ("brow", "eye", "lid", "cheek", "nose", "lip", "mouth", "chin", "jaw", "teeth", "face")
+    motions = ("pull", "lift", "raise", "rise", "lower", "press", "push", "tighten", "open", "close", "drop", "part",
+               "suck", "stretch", "pucker", "deepen", "wrinkle", "move", "widen", "narrow", "separate", "lowered")
+    for label, text in texts.items():
+        lowered = text.lower()
+        assert any(a in lowered for a in areas), f"{label} names no facial area: {text}"
+        assert any(m in lowered for m in motions), f"{label} names no motion: {text}"
