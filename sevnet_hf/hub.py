@@ -150,6 +150,24 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
             "their regions, and mean F1 is within 2 points of a ResNet-18 baseline's (28.8 vs 27.7; either ahead on some "
             "seeds); without the term the maps are identical. No run on BP4D, DISFA or BP4D+ has been made with this package yet."
         )
+    zero_shot = list(getattr(config, "zero_shot_aus", None) or [])
+    if zero_shot:
+        extra += ("\n" if extra else "") + (
+            f"- {', '.join(zero_shot)} {'were' if len(zero_shot) > 1 else 'was'} added after training from "
+            f"{'their descriptions' if len(zero_shot) > 1 else 'its description'} alone (`add_aus`, zero-shot): "
+            "never trained on, and not in the results table. How well such AUs are found is measured by "
+            "`sevnet-hf zeroshot` (README), not for this model."
+        )
+    if str(source).lower() == "bp4dplus":
+        extra += ("\n" if extra else "") + (
+            "- BP4D+ results use sevnet-hf's own round-robin-by-sex subject split (`data_files/bp4dplus_parts.json`), "
+            "not the SEV-Net paper's, which is unpublished: they are not comparable with the paper's BP4D+ numbers."
+        )
+    absent = results.get("aus_without_training_positives") or {}
+    if absent:
+        extra += ("\n" if extra else "") + (
+            f"- {', '.join(absent)} never occurred in the training faces: their F1 is 0 by construction."
+        )
     dataset_ids = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "synthetic": "sevnet-hf-synthetic-au-faces"}
     values = {
         "title": f"{'SEV-Net' if config.model_type == 'sevnet' else config.model_type} AU detector "

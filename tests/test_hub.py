@@ -73,3 +73,15 @@ def test_model_card_describes_the_head_and_departures_from_the_config_with_no_ma
     assert "cosine of the AU embeddings 0.080" in text and "AU embeddings apart" in text
     strict = render_model_card(SEVNetConfig(au_diversity_weight=0.0))
     assert "This is the paper's configuration." in strict and "the paper's loss alone" in strict
+
+
+def test_model_card_names_zero_shot_aus_the_bp4dplus_split_and_aus_absent_from_training():
+    from sevnet_hf import SEVNetConfig
+
+    config = SEVNetConfig(aus=[1, 2, 5], zero_shot_aus=["AU5"])
+    text = render_model_card(config, {"source": "bp4dplus", "aus_without_training_positives": {"AU2": 0}})
+    assert "AU5 was added after training from its description alone" in text
+    assert "round-robin-by-sex subject split" in text and "not comparable" in text
+    assert "AU2 never occurred in the training faces" in text
+    plain = render_model_card(SEVNetConfig(aus=[1, 2]), {"source": "bp4d"})
+    assert "added after training" not in plain and "round-robin" not in plain
