@@ -376,7 +376,7 @@ def test_cli_saves_attention_grids_and_handles_a_model_without_attention(astrona
 def test_au_detection_pipeline_matches_the_detector(model_dir, astronaut, photo_folder, detector):
     from transformers import pipeline
 
-    import sevnet_hf.inference  # noqa: F401  (registers the task)
+    import sevnet_hf.inference.pipeline  # noqa: F401  (registers the task)
     from sevnet_hf.inference import AUDetectionPipeline, au_pipeline
 
     pipe = pipeline("au-detection", model=str(model_dir), device="cpu")

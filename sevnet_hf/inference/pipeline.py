@@ -1,5 +1,5 @@
-"""The ``au-detection`` pipeline task: ``pipeline("au-detection", model=FOLDER_OR_HUB_ID)`` after
-``import sevnet_hf.inference`` (which registers it), or :func:`au_pipeline`.
+"""The ``au-detection`` pipeline task: ``pipeline("au-detection", model=FOLDER_OR_HUB_ID)`` after this module is
+imported (``from sevnet_hf.inference import au_pipeline`` registers it), or :func:`au_pipeline`.
 
 A still image (path, PIL image or array) goes through the usual pipeline steps: ``preprocess`` finds and aligns the
 faces and runs the image processor, ``_forward`` runs the model on all faces of the image at once, ``postprocess``
@@ -121,7 +121,7 @@ def _as_dict(result: FaceResult, with_attention: bool) -> dict:
 
 
 def register_pipeline() -> None:
-    """Register the ``au-detection`` task with transformers (done on ``import sevnet_hf.inference``)."""
+    """Register the ``au-detection`` task with transformers (done when this module is imported)."""
     if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is AUDetectionPipeline:
         return
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AUDetectionPipeline, pt_model=AutoModelForImageClassification, type="image")
@@ -146,3 +146,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+register_pipeline()
