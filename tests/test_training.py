@@ -383,3 +383,15 @@ def test_default_workers_use_the_spare_cores_on_a_gpu(monkeypatch):
     assert loop.default_num_workers(torch.device("cuda"), processes_per_node=8) == 1
     monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: set(range(128)), raising=False)
     assert loop.default_num_workers(torch.device("cuda")) == 16  # capped
+
+
+@pytest.mark.parametrize("command", ["crossval", "ablate"])
+def test_crossval_and_ablate_refuse_a_fold_without_test_faces_in_one_line(tiny_text_encoder_dir, tmp_path, capsys, command):
+    from sevnet_hf.cli import main
+
+    data = _one_subject_dataset(tmp_path / "one")
+    flags = _train_flags(data, tiny_text_encoder_dir, tmp_path / "run", epochs=1, val_fraction=0.0)
+    flags += ["--folds", "1"] + (["--model_types", "resnet"] if command == "ablate" else [])
+    assert main([command, *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and "no test faces" in error, error

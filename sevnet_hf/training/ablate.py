@@ -43,10 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     base = {f.name: getattr(args, f.name) for f in fields(TrainArguments)}
 
+    from .loop import TrainingDataError
+
     per_model = {}
     for model_type in model_types:
         run_args = TrainArguments(**{**base, "model_type": model_type, "output_dir": str(root / model_type)})
-        per_model[model_type] = run_folds(run_args, folds, root / model_type)
+        try:
+            per_model[model_type] = run_folds(run_args, folds, root / model_type)
+        except TrainingDataError as error:  # a fold without test or validation faces: one line, before training
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
     names = list(next(iter(next(iter(per_model.values())).values()))["test"]["f1"])
     header = ["", *names, "Avg"]

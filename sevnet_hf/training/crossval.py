@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     folds = [int(f) for f in args.folds.split(",") if f.strip()]
     output_root = Path(args.output_dir)
     output_root.mkdir(parents=True, exist_ok=True)
-    results = run_folds(args, folds, output_root)
+    from .loop import TrainingDataError
+
+    try:
+        results = run_folds(args, folds, output_root)
+    except TrainingDataError as error:  # a fold without test or validation faces: one line, before any training
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     header, rows = fold_table(results)
     paths = write_tables(header, rows, output_root, "crossval_f1", f"{args.model_type}: test F1 per AU")
     print(to_markdown(header, rows))

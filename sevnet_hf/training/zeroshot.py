@@ -242,7 +242,14 @@ def run(args: ZeroShotArguments) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from ..cli_args import parse_args
 
-    run(parse_args(argv, ZeroShotArguments, "sevnet-hf zeroshot"))
+    args = parse_args(argv, ZeroShotArguments, "sevnet-hf zeroshot")
+    from .loop import TrainingDataError
+
+    try:
+        run(args)
+    except TrainingDataError as error:  # a fold without test or validation faces: one line, before training
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
