@@ -131,18 +131,21 @@ AUDetectionOutput.__doc__ += _OUTPUT_SHAPES
 # ----------------------------------------------------------------------------------------------------------------------
 # Building blocks (shared with the baselines)
 # ----------------------------------------------------------------------------------------------------------------------
-def create_backbone(name: str, output_stride: int | None = None) -> nn.Module:
+def create_backbone(name: str, output_stride: int | None = None, extra: Mapping | None = None) -> nn.Module:
     """A timm model that returns its un-pooled spatial map from ``forward`` (no download: weights come later).
 
     ``output_stride`` (8, 16 or 32; ``None``: the model's own) makes the last stages dilated instead of strided, as
     timm's ``output_stride`` does: the same weights, a finer map (resnet18 at 96 px: 6x6 at 16 instead of 3x3).
+    ``extra``: more keyword arguments for ``timm.create_model`` (``SEVNetConfig.backbone_kwargs``).
     """
-    kwargs = {} if output_stride is None else {"output_stride": int(output_stride)}
+    kwargs = dict(extra or {})
+    if output_stride is not None:
+        kwargs["output_stride"] = int(output_stride)
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
     except TypeError as err:
         raise ValueError(
-            f"timm model {name!r} does not take output_stride={output_stride} ({err}); set backbone_output_stride=None"
+            f"timm model {name!r} does not take {kwargs} ({err}); check backbone_output_stride and backbone_kwargs"
         ) from err
 
 
@@ -479,7 +482,9 @@ class SEVNetPreTrainedModel(PreTrainedModel):
 
     def _build_backbone(self, config) -> nn.Module:
         """The timm backbone, marked so ``_init_weights`` leaves it to timm; sets/validates ``visual_hidden_size``."""
-        backbone = create_backbone(config.backbone, getattr(config, "backbone_output_stride", None))
+        backbone = create_backbone(
+            config.backbone, getattr(config, "backbone_output_stride", None), getattr(config, "backbone_kwargs", None)
+        )
         for module in backbone.modules():
             module._in_backbone = True
         _mark_zero_init_norms(backbone)
