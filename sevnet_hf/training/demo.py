@@ -56,6 +56,13 @@ class DemoArguments:
         default=1.0,
         metadata={"help": "Weight of the loss term that keeps the AU embeddings apart (0: the paper's loss alone)."},
     )
+    zero_init_last: bool = field(
+        default=True,
+        metadata={
+            "help": "timm's start of each ResNet block's last norm at 0; false starts it at 1 as torchvision does "
+            "(backbone_kwargs)."
+        },
+    )
     baseline: bool = field(
         default=False,
         metadata={
@@ -377,6 +384,7 @@ def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, 
                 "classifier_per_au_bias": args.per_au_bias,
                 "shared_classifier": args.shared_classifier,
                 "au_diversity_weight": args.au_diversity_weight,
+                "backbone_kwargs": None if args.zero_init_last else {"zero_init_last": False},
                 # The Inter-AU encoder scaled to the 384-d MiniLM encoder (the paper's 768/6/1024 suit BERT-Large).
                 "inter_au_hidden_size": 384,
                 "inter_au_num_heads": 6,
