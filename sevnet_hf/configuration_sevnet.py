@@ -25,8 +25,8 @@ class SEVNetConfig(PretrainedConfig):
             norm of each ResNet block at 0 (an identity block), torchvision's ResNet-18, which the paper's PyTorch code
             would have used, at 1. Measured on the synthetic set with Eq. 7's loss alone: with timm's zero start the AU
             embeddings collapse by step 25; with `zero_init_last=false` they stay apart for the first 60 steps but
-            collapse during the demo's second epoch (steps 163-324), so it delays the collapse and does not prevent it
-            (README). `None`: timm's defaults.
+            collapse during the demo's second epoch (steps 163-324) for four epochs, so it delays the collapse and does
+            not prevent it (README). `None`: timm's defaults.
         visual_hidden_size (`int`, *optional*):
             Channels of V (d_v). Read from the backbone when the model is built; stored so checkpoints are explicit.
         image_size (`int`, *optional*, defaults to 224):
