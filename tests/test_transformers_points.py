@@ -226,7 +226,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_class, config_cla
     for checkpointing in (False, True):
         built = model(model_class, config_class).train()
         if checkpointing:
-            built.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable = getattr(built, "activation_checkpointing_enable", built.gradient_checkpointing_enable)
+            _enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert built.is_activation_checkpointing
             assert built.get_backbone().grad_checkpointing  # timm checkpoints the backbone's blocks
         built(pixels(), labels=labels).loss.backward()
@@ -239,10 +240,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_class, config_cla
 
 def test_gradient_checkpointing_reaches_the_inter_au_layers():
     built = model()
-    built.gradient_checkpointing_enable()
+    getattr(built, "activation_checkpointing_enable", built.gradient_checkpointing_enable)()
     layers = [m for m in built.modules() if type(m).__name__ == "InterAULayer"]
     assert layers and all(layer.gradient_checkpointing for layer in layers)
-    built.gradient_checkpointing_disable()
+    getattr(built, "activation_checkpointing_disable", built.gradient_checkpointing_disable)()
     assert not built.is_activation_checkpointing
 
 
