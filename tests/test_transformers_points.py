@@ -226,8 +226,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_class, config_cla
     for checkpointing in (False, True):
         built = model(model_class, config_class).train()
         if checkpointing:
-            _enable = getattr(built, "activation_checkpointing_enable", built.gradient_checkpointing_enable)
-            _enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(built, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+                built.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                built.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert built.is_activation_checkpointing
             assert built.get_backbone().grad_checkpointing  # timm checkpoints the backbone's blocks
         built(pixels(), labels=labels).loss.backward()
