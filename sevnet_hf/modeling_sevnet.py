@@ -819,6 +819,7 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
         self.config.id2label = {i: au_label(n) for i, n in enumerate(numbers)}
         self.config.label2id = {label: i for i, label in self.config.id2label.items()}
         self.config.thresholds = None
+        self.config.zero_shot_aus = None  # a new AU set is one to train on: no AU is zero-shot any more
         self.au_text_embeddings = torch.zeros(len(numbers), self.config.text_hidden_size, device=device)
         if not self.config.shared_classifier or self.config.classifier_per_au_bias:  # per-AU parameters: new ones
             self.classifier = self._make_classifier(self.config).to(device)

@@ -151,3 +151,11 @@ def test_shipped_descriptions_name_an_area_and_a_motion():
         lowered = text.lower()
         assert any(a in lowered for a in areas), f"{label} names no facial area: {text}"
         assert any(m in lowered for m in motions), f"{label} names no motion: {text}"
+
+
+def test_a_new_au_set_for_fine_tuning_has_no_zero_shot_aus_left(tiny_model, tiny_text_encoder_dir):
+    tiny_model.add_aus(NEW, text_encoder=tiny_text_encoder_dir)
+    tiny_model.set_au_descriptions(text_encoder=tiny_text_encoder_dir, aus=[1, 5, 26])
+    assert tiny_model.config.zero_shot_aus is None and tiny_model.config.num_trained_aus == 3
+    with torch.no_grad():
+        assert tiny_model(images()).logits.shape == (3, 3)
