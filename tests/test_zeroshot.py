@@ -120,7 +120,7 @@ def test_controls_give_held_out_aus_other_texts():
 
 
 @pytest.mark.slow
-def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_dir):
+def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_dir, capsys):
     from sevnet_hf.cli import main
 
     out = tmp_path / "zs"
@@ -128,6 +128,8 @@ def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_d
     argv += ["--seeds", "0", "--holdout_aus", "2,26", "--text_encoder", tiny_text_encoder_dir, "--progress", "false"]
     argv += ["--image_size", "64"]
     assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "AU2     descriptions" in printed and "AU1     trained" in printed  # held-out and trained AUs printed
     summary = json.loads((out / "zeroshot.json").read_text())
     assert summary["holdout_aus"] == ["AU2", "AU26"]
     for condition in ("descriptions", "shuffled", "unrelated"):

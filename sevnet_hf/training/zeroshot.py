@@ -162,6 +162,12 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
             )
         headline[condition] = _mean(aucs)
     trained = [au for au in next(iter(per_seed.values()))["descriptions"] if au not in holdout]
+    for au in trained:  # the same figures for the AUs the model was trained on
+        rows = [per_seed[s]["descriptions"][au] for s in per_seed]
+        lines.append(
+            f"{au:<7} {'trained':<13} {_mean(r['roc_auc'] for r in rows):8.3f} {_mean(r['f1_at_0.5'] for r in rows):7.1f} "
+            f"{_mean(r['f1_at_base_rate'] for r in rows):8.1f} {_mean(r['f1_frequency_prior'] for r in rows):9.1f}"
+        )
     headline["trained_aus"] = _mean(per_seed[s]["descriptions"][au]["roc_auc"] for s in per_seed for au in trained)
     per_seed_means = {
         s: {c: _mean(per_seed[s][c][au]["roc_auc"] for au in holdout) for c in CONDITIONS} for s in per_seed
