@@ -15,7 +15,8 @@ from .protocols import au_label, parse_au
 DEFAULT_DESCRIPTIONS_FILE = Path(__file__).parent / "descriptions" / "au_descriptions.json"
 
 
-def _read_file(path: Path) -> dict[str, str]:
+def read_description_file(path: Path) -> dict[str, str]:
+    """The JSON object of an AU description file (errors name the file and, for bad JSON, the line)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -42,7 +43,7 @@ def load_au_descriptions(
         else (str(source) if not isinstance(source, Mapping) else "the dict")
     )
     raw = (
-        _read_file(DEFAULT_DESCRIPTIONS_FILE if source is None else Path(source))
+        read_description_file(DEFAULT_DESCRIPTIONS_FILE if source is None else Path(source))
         if not isinstance(source, Mapping)
         else dict(source)
     )

@@ -207,13 +207,15 @@ class AUGraphPreTrainedModel(AUTextTableMixin, AUBaselinePreTrainedModel):
             self._graph_on_device = torch.tensor(self.config.graph, dtype=torch.float32, device=device)
         return self._graph_on_device
 
-    def compute_au_embeddings(self, output_hidden_states: bool = False):
-        """GCN node outputs (num AUs x d_v) from the frozen AU text table; independent of the image. With
-        ``output_hidden_states``: (outputs, the GCN's input and layer outputs)."""
+    def compute_au_embeddings(
+        self, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """GCN node outputs (num AUs x d_v) from the frozen AU text table, independent of the image; and with
+        ``output_hidden_states`` each graph convolution's output (else None)."""
         weight = self.gcn.layers[0].weight
         table = self.au_text_embeddings.to(weight.dtype)
         if not output_hidden_states:
-            return self.gcn(table, self.graph_adjacency.to(weight.dtype))
+            return self.gcn(table, self.graph_adjacency.to(weight.dtype)), None
         # On a 1 x N x d table, so the returned states (batch dimension 1, as SEV-Net's) are the computed tensors.
         embeddings, states = self.gcn(table.unsqueeze(0), self.graph_adjacency.to(weight.dtype), True)
         return embeddings.squeeze(0), states
@@ -291,7 +293,7 @@ class AUMLGCNForAUDetection(AUGraphPreTrainedModel):
         hidden = self._hidden(output_hidden_states)
         visual_features, stages = backbone_features(self.backbone, pixel_values, hidden)
         pooled = global_pool(visual_features, self.config.global_pool)
-        classifiers, states = self.compute_au_embeddings(True) if hidden else (self.compute_au_embeddings(), None)
+        classifiers, states = self.compute_au_embeddings(hidden)
         classifiers = classifiers.to(pooled.dtype)
         logits = self.dropout(pooled) @ classifiers.t()
         loss = masked_bce_loss(logits, labels) if labels is not None else None
@@ -341,7 +343,7 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         hidden = self._hidden(output_hidden_states)
         visual_features, stages = backbone_features(self.backbone, pixel_values, hidden)
-        au_embeddings, states = self.compute_au_embeddings(True) if hidden else (self.compute_au_embeddings(), None)
+        au_embeddings, states = self.compute_au_embeddings(hidden)
         au_embeddings = au_embeddings.to(visual_features.dtype)
         attended, alpha = cross_modality_attention(visual_features, au_embeddings)
         logits = self.classifier(self.dropout(attended))

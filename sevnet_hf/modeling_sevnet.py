@@ -21,9 +21,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .au_descriptions import load_au_descriptions
+from .au_descriptions import load_au_descriptions, read_description_file
 from .configuration_sevnet import SEVNetConfig
-from .protocols import BP4D_UNKNOWN_CODE, au_label, parse_au
+from .protocols import BP4D_UNKNOWN_CODE, DEFAULT_THRESHOLD, au_label, parse_au
 from .text_encoder import TextEncoder, encode_texts, load_text_encoder
 
 try:  # transformers >= 5: initialisers that leave weights loaded from a checkpoint alone
@@ -353,18 +353,24 @@ class AUTextTableMixin:
             known = self.config.au_descriptions or {}
             au_descriptions = known if all(au_label(n) in known for n in numbers) else None
         texts = load_au_descriptions(numbers, au_descriptions)
-        encoder = resolve_text_encoder(text_encoder, self.config)
-        if encoder.hidden_size != self.config.text_hidden_size:
-            raise ValueError(
-                f"text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's Intra-AU table is "
-                f"{self.config.text_hidden_size} wide; use the encoder the model was built with ({self.config.text_encoder_name_or_path!r})"
-            )
+        encoder = self._table_encoder(text_encoder)
         table = encode_texts(encoder, list(texts.values()), max_length=self.config.text_max_length)
         if numbers != self.config.aus:
             self._change_au_set(numbers)
         self.config.au_descriptions = texts
         self.config.text_encoder_name_or_path = encoder.name
         self.set_au_text_embeddings(table)
+
+    def _table_encoder(self, text_encoder: str | os.PathLike | TextEncoder | None) -> TextEncoder:
+        """The text encoder to (re)compute rows of the AU table with; refused if its width is not the table's."""
+        encoder = resolve_text_encoder(text_encoder, self.config)
+        if encoder.hidden_size != self.config.text_hidden_size:
+            raise ValueError(
+                f"text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's Intra-AU table is "
+                f"{self.config.text_hidden_size} wide; use the encoder the model was built with "
+                f"({self.config.text_encoder_name_or_path!r})"
+            )
+        return encoder
 
     # Why the AU set is fixed, for models that cannot change it (None: ``_change_au_set`` adapts the model).
     fixed_au_set_reason: str | None = "build a new model for the new AUs"
@@ -481,7 +487,8 @@ class SEVNetPreTrainedModel(PreTrainedModel):
     uses_au_text = True
 
     def _build_backbone(self, config) -> nn.Module:
-        """The timm backbone, marked so ``_init_weights`` leaves it to timm; sets/validates ``visual_hidden_size``."""
+        """The timm backbone, marked so ``_init_weights`` initialises it as timm does; sets/validates
+        ``visual_hidden_size``."""
         backbone = create_backbone(
             config.backbone, getattr(config, "backbone_output_stride", None), getattr(config, "backbone_kwargs", None)
         )
@@ -774,30 +781,19 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
                 + ("one classifier per AU" if not self.config.shared_classifier else "a bias per AU")
                 + ", which a new AU would not have; train with shared_classifier=True, classifier_per_au_bias=False"
             )
-        if isinstance(au_descriptions, (str, os.PathLike)):
-            import json
-
-            path = Path(au_descriptions)
+        source = au_descriptions
+        if not isinstance(source, Mapping):
             try:
-                au_descriptions = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                raise ValueError(f"add_aus: cannot read AU descriptions from {path}: {err}") from err
-            if not isinstance(au_descriptions, Mapping):
-                raise ValueError(f"add_aus: {path} must hold a JSON object {{\"AU5\": \"description\", ...}}")
-        new = {au_label(parse_au(name)): str(text).strip() for name, text in au_descriptions.items() if name != "_about"}
+                source = read_description_file(Path(source))
+            except OSError as err:  # one error type for every bad input (detect reports ValueErrors in one line)
+                raise ValueError(f"add_aus: {err}") from err
+        new = load_au_descriptions([name for name in source if not str(name).startswith("_")], source)
         known = [label for label in new if label in self.config.au_labels]
         if known:
             raise ValueError(f"add_aus: the model already has {', '.join(known)}")
-        empty = [label for label, text in new.items() if not text]
-        if not new or empty:
-            raise ValueError(f"add_aus: give a non-empty description for each new AU (empty: {empty or 'all'})")
-        encoder = resolve_text_encoder(text_encoder, self.config)
-        if encoder.hidden_size != self.config.text_hidden_size:
-            raise ValueError(
-                f"add_aus: text encoder {encoder.name!r} is {encoder.hidden_size} wide but this model's AU table is "
-                f"{self.config.text_hidden_size} wide; use the encoder it was built with "
-                f"({self.config.text_encoder_name_or_path!r})"
-            )
+        if not new:
+            raise ValueError("add_aus: no AU descriptions given")
+        encoder = self._table_encoder(text_encoder)
         rows = encode_texts(encoder, list(new.values()), max_length=self.config.text_max_length)
         table = torch.cat([self.au_text_embeddings, rows.to(self.au_text_embeddings)], dim=0)
         labels = [*self.config.au_labels, *new]
@@ -807,7 +803,7 @@ class SEVNetForAUDetection(AUTextTableMixin, SEVNetPreTrainedModel):
             self.config.au_descriptions = {**self.config.au_descriptions, **new}
         self.config.zero_shot_aus = [*(self.config.zero_shot_aus or []), *new]
         if self.config.thresholds is not None:
-            self.config.thresholds = [*self.config.thresholds, *[0.5] * len(new)]
+            self.config.thresholds = [*self.config.thresholds, *[DEFAULT_THRESHOLD] * len(new)]
         self.au_text_embeddings = table
         return list(new)
 

@@ -16,6 +16,7 @@ eye/cheek and one mouth AU of the synthetic set (AU2, AU7, AU26). Results go to 
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic_io import write_json_atomic
+from ..metrics import au_f1_scores
 from ..protocols import au_label, parse_au
 from .demo import DemoArguments
 
@@ -54,29 +56,18 @@ class ZeroShotArguments(DemoArguments):
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half) over known 0/1 labels; NaN if one class
-    is missing."""
+    """Area under the ROC curve (sklearn's) over the known 0/1 labels; NaN if one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
     known = (labels == 0) | (labels == 1)
-    scores, labels = scores[known], labels[known]
-    positives, negatives = scores[labels == 1], scores[labels == 0]
-    if not len(positives) or not len(negatives):
+    if len(np.unique(labels[known])) < 2:
         return float("nan")
-    order = np.argsort(np.concatenate([positives, negatives]), kind="mergesort")
-    ranks = np.empty(len(order))
-    values = np.concatenate([positives, negatives])[order]
-    ranks[order] = np.arange(1, len(order) + 1)
-    for value in np.unique(values):  # average ranks of ties
-        tied = order[values == value]
-        ranks[tied] = ranks[tied].mean()
-    positive_ranks = ranks[: len(positives)].sum()
-    return float((positive_ranks - len(positives) * (len(positives) + 1) / 2) / (len(positives) * len(negatives)))
+    return float(roc_auc_score(labels[known], scores[known]))
 
 
 def _f1(predictions: np.ndarray, labels: np.ndarray) -> float:
-    known = (labels == 0) | (labels == 1)
-    truth, said = (labels == 1) & known, (predictions == 1) & known
-    tp, fp, fn = (truth & said).sum(), (~truth & said).sum(), (truth & ~said).sum()
-    return float(200 * tp / (2 * tp + fp + fn)) if 2 * tp + fp + fn else 0.0
+    """One AU's F1 (%) as the field counts it (``metrics.au_f1_scores``: unknown labels left out)."""
+    return au_f1_scores(predictions[:, None], labels[:, None])["f1_mean"]
 
 
 def au_scores(probabilities: np.ndarray, labels: np.ndarray, base_rate: float, seed: int = 0) -> dict:
@@ -128,7 +119,7 @@ def evaluate_seed(model_dir: Path, test, train_labels: dict[str, np.ndarray], ho
     faces = list(test["image"])
     out = {}
     for condition, descriptions in control_descriptions(holdout, texts, trained, args.unrelated_description).items():
-        model, _ = load_trained(model_dir)
+        model = copy.deepcopy(base)  # each condition adds the held-out AUs to the trained model as saved
         model.add_aus(descriptions, text_encoder=encoder)
         probabilities = _predict(model, processor, faces)
         out[condition] = {}
@@ -146,33 +137,28 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _table_row(au: str, condition: str, rows: list[dict]) -> str:
+    """One line of the printed table: an AU's figures under one condition, averaged over seeds."""
+    figures = [_mean(r[key] for r in rows) for key in ("roc_auc", "f1_at_0.5", "f1_at_base_rate", "f1_frequency_prior")]
+    return f"{au:<7} {condition:<13} {figures[0]:8.3f} {figures[1]:7.1f} {figures[2]:8.1f} {figures[3]:9.1f}"
+
+
 def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, dict]:
-    """A text table of held-out AUs (mean over seeds) per condition, and the headline numbers."""
+    """A text table of the held-out AUs per condition and of the trained AUs (means over seeds), and the headline
+    numbers."""
     lines = ["AU      condition      ROC-AUC  F1@0.5  F1@base  prior-F1"]
     headline = {}
     for condition in CONDITIONS:
-        aucs = []
         for au in holdout:
-            rows = [per_seed[s][condition][au] for s in per_seed]
-            auc = _mean(r["roc_auc"] for r in rows)
-            aucs.append(auc)
-            lines.append(
-                f"{au:<7} {condition:<13} {auc:8.3f} {_mean(r['f1_at_0.5'] for r in rows):7.1f} "
-                f"{_mean(r['f1_at_base_rate'] for r in rows):8.1f} {_mean(r['f1_frequency_prior'] for r in rows):9.1f}"
-            )
-        headline[condition] = _mean(aucs)
+            lines.append(_table_row(au, condition, [per_seed[s][condition][au] for s in per_seed]))
+        headline[condition] = _mean(_mean(per_seed[s][condition][au]["roc_auc"] for s in per_seed) for au in holdout)
     trained = [au for au in next(iter(per_seed.values()))["descriptions"] if au not in holdout]
     for au in trained:  # the same figures for the AUs the model was trained on
-        rows = [per_seed[s]["descriptions"][au] for s in per_seed]
-        lines.append(
-            f"{au:<7} {'trained':<13} {_mean(r['roc_auc'] for r in rows):8.3f} {_mean(r['f1_at_0.5'] for r in rows):7.1f} "
-            f"{_mean(r['f1_at_base_rate'] for r in rows):8.1f} {_mean(r['f1_frequency_prior'] for r in rows):9.1f}"
-        )
+        lines.append(_table_row(au, "trained", [per_seed[s]["descriptions"][au] for s in per_seed]))
     headline["trained_aus"] = _mean(per_seed[s]["descriptions"][au]["roc_auc"] for s in per_seed for au in trained)
-    per_seed_means = {
+    headline["per_seed"] = {
         s: {c: _mean(per_seed[s][c][au]["roc_auc"] for au in holdout) for c in CONDITIONS} for s in per_seed
     }
-    headline["per_seed"] = per_seed_means
     lines.append(
         f"mean ROC-AUC over held-out AUs: own descriptions {headline['descriptions']:.3f}, shuffled "
         f"{headline['shuffled']:.3f}, unrelated {headline['unrelated']:.3f}; trained AUs {headline['trained_aus']:.3f}"
