@@ -26,7 +26,6 @@ def to_rgb_tensor(image, convert_rgb: bool = True, channels_last: bool | None = 
     ``channels_last`` says which); uint8, uint16 (scaled by 1/257), bool, or float (taken as [0, 1] when its maximum
     is <= 1). ``convert_rgb=False`` keeps an array's channels as they are (C x H x W, any C).
     """
-    given_layout = channels_last
     if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
         mode = image.mode
         if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -39,16 +38,15 @@ def to_rgb_tensor(image, convert_rgb: bool = True, channels_last: bool | None = 
             image = image.astype(np.float32) / 257.0
         image = np.ascontiguousarray(image)
         tensor = torch.from_numpy(image if image.flags.writeable else image.copy())
-        channels_last = not (image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4))
+        detected = not (image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4))
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
-        channels_last = tensor.ndim == 3 and tensor.shape[-1] in (1, 3, 4) and tensor.shape[0] not in (1, 3, 4)
+        detected = tensor.ndim == 3 and tensor.shape[-1] in (1, 3, 4) and tensor.shape[0] not in (1, 3, 4)
     else:
         raise TypeError(
             f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array or torch tensor"
         )
-    if given_layout is not None:
-        channels_last = given_layout
+    channels_last = detected if channels_last is None else channels_last
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.uint8) * 255
     was_float = tensor.is_floating_point()
@@ -57,13 +55,11 @@ def to_rgb_tensor(image, convert_rgb: bool = True, channels_last: bool | None = 
         tensor = tensor.unsqueeze(0)
     elif tensor.ndim == 3 and channels_last:
         tensor = tensor.permute(2, 0, 1)
-    if tensor.ndim == 3 and not convert_rgb:
-        return tensor * 255.0 if was_float and tensor.numel() and float(tensor.max()) <= 1.0 else tensor.contiguous()
-    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3, 4):
+    if tensor.ndim != 3 or (convert_rgb and tensor.shape[0] not in (1, 3, 4)):
         raise ValueError(f"expected an image of shape HxW, HxWxC or CxHxW with C in 1, 3, 4; got {tuple(image.shape)}")
-    if tensor.shape[0] == 1:
+    if convert_rgb and tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
-    elif tensor.shape[0] == 4:
+    elif convert_rgb and tensor.shape[0] == 4:
         tensor = tensor[:3]
     if was_float and tensor.numel() and float(tensor.max()) <= 1.0:
         tensor = tensor * 255.0
