@@ -136,14 +136,14 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         if results
         else "Not recorded."
     )
-    extra = ""
+    extra = []  # the card's extra limitations, one bullet each
     if source == "synthetic":
-        extra = (
+        extra.append(
             "- Trained on the synthetic AU faces of sevnet-hf (rendered cartoons), not on human-coded video: "
             "a pipeline check and demo model, not a detector for real faces."
         )
     if config.model_type == "sevnet":
-        extra += ("\n" if extra else "") + (
+        extra.append(
             "- What this package has measured of SEV-Net's attention (synthetic demo set, random resnet18, about 1,000 "
             "CPU steps, 3 seeds): with the diversity term the AU maps differ (mean TV 0.58 between two AUs' maps) "
             "but sit only 0.84-1.21x as much inside the AUs' regions as a uniform map, rare AUs' maps look away from "
@@ -152,20 +152,20 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         )
     zero_shot = list(getattr(config, "zero_shot_aus", None) or [])
     if zero_shot:
-        extra += ("\n" if extra else "") + (
+        extra.append(
             f"- {', '.join(zero_shot)} {'were' if len(zero_shot) > 1 else 'was'} added after training from "
             f"{'their descriptions' if len(zero_shot) > 1 else 'its description'} alone (`add_aus`, zero-shot): "
             "never trained on, and not in the results table. How well such AUs are found is measured by "
             "`sevnet-hf zeroshot` (README), not for this model."
         )
     if str(source).lower() == "bp4dplus":
-        extra += ("\n" if extra else "") + (
+        extra.append(
             "- BP4D+ results use sevnet-hf's own round-robin-by-sex subject split (`data_files/bp4dplus_parts.json`), "
             "not the SEV-Net paper's, which is unpublished: they are not comparable with the paper's BP4D+ numbers."
         )
     absent = results.get("aus_without_training_positives") or {}
     if absent:
-        extra += ("\n" if extra else "") + (
+        extra.append(
             f"- {', '.join(absent)} never occurred in the training faces: their F1 is 0 by construction."
         )
     dataset_ids = {"bp4d": "BP4D", "disfa": "DISFA", "bp4dplus": "BP4D+", "synthetic": "sevnet-hf-synthetic-au-faces"}
@@ -184,7 +184,7 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         "training_data": training,
         "protocol": protocol,
         "results_table": _results_table(results),
-        "extra_limitations": extra,
+        "extra_limitations": "\n".join(extra),
         "datasets_yaml": f"\n- {dataset_ids.get(str(source).lower(), str(source))}" if source else " []",
     }
     return Template(TEMPLATE_FILE.read_text(encoding="utf-8")).substitute(values)
