@@ -29,6 +29,7 @@ from .modeling_sevnet import (
     AUTextTableMixin,
     SEVNetForAUDetection,
     SEVNetPreTrainedModel,
+    attention_outputs,
     backbone_features,
     cross_modality_attention,
     masked_bce_loss,
@@ -357,12 +358,11 @@ class AUMSCAMForAUDetection(AUGraphPreTrainedModel):
         output = AUDetectionOutput(
             loss=loss,
             logits=logits,
-            au_attention_maps=alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None,
             visual_features=visual_features,
             au_embeddings=au_embeddings,
             hidden_states=states,
             vision_hidden_states=stages,
-            cross_attentions=(alpha.unsqueeze(1),) if output_attentions else None,
+            **attention_outputs(alpha, visual_features, output_attentions),
         )
         return output if return_dict else output.to_tuple()
 

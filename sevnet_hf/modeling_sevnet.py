@@ -283,6 +283,15 @@ def cross_modality_attention(
     return alpha @ locations, alpha
 
 
+def attention_outputs(alpha: torch.Tensor, visual_features: torch.Tensor, output_attentions: bool) -> dict:
+    """Eq. 5's weights (B x N x L) as the outputs return them: ``au_attention_maps`` (B x N x h x w, for figures) and
+    ``cross_attentions`` (transformers' layout: one layer, one head, B x 1 x N x L); both None unless asked for."""
+    if not output_attentions:
+        return {"au_attention_maps": None, "cross_attentions": None}
+    maps = alpha.unflatten(-1, visual_features.shape[-2:])
+    return {"au_attention_maps": maps, "cross_attentions": (alpha.unsqueeze(1),)}
+
+
 class AUProjection(nn.Linear):
     """The linear map from the Inter-AU width to d_v (its bias starts at ``au_projection_bias_init``)."""
 
@@ -677,11 +686,10 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
             attended_features=attended,
             visual_features=visual_features,
             au_embeddings=au_embeddings,
-            au_attention_maps=alpha.unflatten(-1, visual_features.shape[-2:]) if output_attentions else None,
             hidden_states=states,
             vision_hidden_states=vision_states,
             attentions=weights,
-            cross_attentions=(alpha.unsqueeze(1),) if output_attentions else None,
+            **attention_outputs(alpha, visual_features, output_attentions),
         )
         return output if return_dict else output.to_tuple()
 
