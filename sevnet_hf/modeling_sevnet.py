@@ -636,9 +636,10 @@ class SEVNetModel(AUTextTableMixin, SEVNetPreTrainedModel):
         trained = self.config.num_trained_aus
         if trained == au_embeddings.shape[0]:
             return cross_modality_attention(visual_features, au_embeddings)
-        parts = [cross_modality_attention(visual_features, au_embeddings[:trained])]
-        parts.append(cross_modality_attention(visual_features, au_embeddings[trained:]))
-        return torch.cat([parts[0][0], parts[1][0]], dim=1), torch.cat([parts[0][1], parts[1][1]], dim=1)
+        trained_part = cross_modality_attention(visual_features, au_embeddings[:trained])
+        added_part = cross_modality_attention(visual_features, au_embeddings[trained:])
+        attended, alpha = (torch.cat(pair, dim=1) for pair in zip(trained_part, added_part))
+        return attended, alpha
 
     def _text_path(self, output_attentions: bool = False, output_hidden_states: bool = False):
         """Intra-AU table -> Inter-AU encoder (Eq. 2-3) -> projection to d_v (Eq. 4's w̄); with its states/weights.
