@@ -211,6 +211,16 @@ def _same_synthetic_data(data_dir: Path, args: DemoArguments) -> bool:
     return (data_dir / "dataset").is_dir() and all(made.get(key) == value for key, value in wanted.items())
 
 
+def make_synthetic_data(data_dir: Path, args: DemoArguments) -> None:
+    """The synthetic set of ``args.preset`` and ``args.seed`` in ``data_dir``: reused when it is there, else made."""
+    if _same_synthetic_data(data_dir, args):
+        print(f"      reusing the prepared faces in {data_dir}", flush=True)
+        return
+    from ..datasets_scripts import synthetic
+
+    synthetic.main(["--output", str(data_dir), "--preset", args.preset, "--seed", str(args.seed)])
+
+
 def _train_or_reuse(train_args) -> tuple[dict, int]:
     """Results of a finished training with exactly these arguments (model folder intact), or of a new one, which
     then drops the state only a resumed run needs. Returns ``(results, bytes freed)``."""
@@ -250,12 +260,7 @@ def run(args: DemoArguments) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     print(f"[1/5] Synthetic AU faces ({args.preset}) -> {data_dir}", flush=True)
-    from ..datasets_scripts import synthetic
-
-    if _same_synthetic_data(data_dir, args):
-        print(f"      reusing the prepared faces in {data_dir}", flush=True)
-    else:
-        synthetic.main(["--output", str(data_dir), "--preset", args.preset, "--seed", str(args.seed)])
+    make_synthetic_data(data_dir, args)
 
     head = "shared classifier (Eq. 7)" if args.shared_classifier else "one classifier per AU"
     print(

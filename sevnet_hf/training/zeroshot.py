@@ -171,21 +171,16 @@ def run(args: ZeroShotArguments) -> dict:
     from ..data.schema import load_prepared, read_metadata
     from ..offline_assets import minilm_encoder_path
     from ..text_encoder import load_text_encoder
-    from .demo import _same_synthetic_data, _test_part, _train_or_reuse, demo_train_arguments
+    from .demo import _test_part, _train_or_reuse, demo_train_arguments, make_synthetic_data
 
     started = time.perf_counter()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     holdout_numbers = [parse_au(a) for a in args.holdout_aus.split(",") if a.strip()]
     holdout = [au_label(n) for n in holdout_numbers]
-    if args.dataset:
-        data_dir = Path(args.dataset)
-    else:
-        from ..datasets_scripts import synthetic
-
-        data_dir = out / "data"
-        if not _same_synthetic_data(data_dir, args):
-            synthetic.main(["--output", str(data_dir), "--preset", args.preset, "--seed", str(args.seed)])
+    data_dir = Path(args.dataset) if args.dataset else out / "data"
+    if not args.dataset:
+        make_synthetic_data(data_dir, args)
     metadata = read_metadata(data_dir)
     columns = list(metadata["au_columns"])
     missing = [au for au in holdout if au not in columns]
