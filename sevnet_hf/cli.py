@@ -29,11 +29,12 @@ COMMANDS = {
     "push": "sevnet_hf.hub",
 }
 PREPARERS = ("bp4d", "disfa", "bp4dplus", "folder", "synthetic")
-# ``COMMAND --help`` where COMMAND's module imports torch at the top: the help is built from the arguments dataclass in
-# a light module, with the parser the command itself uses (cli_args): 1.0 s instead of 8 s through loop.py.
-HELP_FROM = {"train": ("sevnet_hf.training.args", "TrainArguments")}
-# Commands whose parser has its own usage line: a function in a light module that builds it.
-HELP_PARSERS = {"detect": ("sevnet_hf.inference.arguments", "detect_parser")}
+# ``COMMAND --help`` where COMMAND's module imports torch at the top: the parser the command itself uses, built by a
+# function in a light module (1.0 s instead of 8 s through loop.py or detect.py).
+HELP_PARSERS = {
+    "train": ("sevnet_hf.training.args", "train_parser"),
+    "detect": ("sevnet_hf.inference.arguments", "detect_parser"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         if command in HELP_PARSERS and ("-h" in rest or "--help" in rest):
             module_name, function_name = HELP_PARSERS[command]
             getattr(importlib.import_module(module_name), function_name)().print_help()
-            return 0
-        if command in HELP_FROM and ("-h" in rest or "--help" in rest):
-            from .cli_args import build_parser
-
-            module_name, class_name = HELP_FROM[command]
-            build_parser(getattr(importlib.import_module(module_name), class_name), f"sevnet-hf {command}").print_help()
             return 0
     else:
         print(f"sevnet-hf: unknown command {command!r}; commands: prepare, {', '.join(COMMANDS)}", file=sys.stderr)

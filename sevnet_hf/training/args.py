@@ -104,3 +104,10 @@ class TrainArguments:
             raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("--batch_size and --epochs must be positive")
+
+
+def train_parser():
+    """The parser of ``sevnet-hf train``, as ``loop.parse_args`` builds it (``cli_args.build_parser``), for a fast --help."""
+    from ..cli_args import build_parser
+
+    return build_parser(TrainArguments, "sevnet-hf train")
