@@ -38,6 +38,17 @@ def test_training_crops_and_flips_follow_the_drawn_offsets():
         torch.testing.assert_close(out[i], expected)
 
 
+def test_without_random_crop_training_takes_the_center_crop_and_still_flips():
+    images = batch(count=8)
+    augment = DeviceAugment(16, MEAN, STD, random_crop=False)
+    out = augment(images, train=True, generator=torch.Generator().manual_seed(3))
+    center = augment(images, train=False)
+    flipped = [bool(torch.equal(out[i], center[i].flip(-1))) for i in range(8)]
+    for i in range(8):
+        assert torch.equal(out[i], center[i]) or flipped[i]
+    assert 0 < sum(flipped) < 8  # flips are still drawn, and not for every face
+
+
 def test_test_time_crop_equals_the_image_processor():
     face = (np.random.default_rng(1).random((256, 256, 3)) * 255).astype(np.uint8)
     encoded = Image.fromarray(face)

@@ -111,12 +111,23 @@ def collate_uint8(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 class DeviceAugment(nn.Module):
-    """uint8 B x 3 x S x S on the device -> normalised float crops (random crop + flip when training)."""
+    """uint8 B x 3 x S x S on the device -> normalised float crops (random crop + flip when training).
 
-    def __init__(self, crop_size: int, mean: Sequence[float], std: Sequence[float], channels_last: bool = False):
+    With ``random_crop=False`` training takes the test's center crop and keeps only the random flip.
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels_last: bool = False,
+        random_crop: bool = True,
+    ):
         super().__init__()
         self.crop_size = crop_size
         self.channels_last = channels_last
+        self.random_crop = random_crop
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -128,8 +139,11 @@ class DeviceAugment(nn.Module):
         if crop > min(height, width):
             raise ValueError(f"crop size {crop} is larger than the images ({height}x{width})")
         if train:
-            tops = torch.randint(0, height - crop + 1, (batch,), generator=generator).tolist()
-            lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
+            if self.random_crop:
+                tops = torch.randint(0, height - crop + 1, (batch,), generator=generator).tolist()
+                lefts = torch.randint(0, width - crop + 1, (batch,), generator=generator).tolist()
+            else:
+                tops, lefts = [(height - crop) // 2] * batch, [(width - crop) // 2] * batch
             flips = (torch.rand(batch, generator=generator) < 0.5).tolist()
             # Offsets and flips are drawn on the CPU and used as Python values: no host-to-device copy, so no sync.
             views = [images[i, :, t : t + crop, left : left + crop] for i, (t, left) in enumerate(zip(tops, lefts))]

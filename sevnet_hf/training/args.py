@@ -40,6 +40,12 @@ class TrainArguments:
         default=None,
         metadata={"help": "Side the aligned faces are resized to before cropping (default 256/224 x crop)."},
     )
+    random_crop: bool = field(
+        default=True,
+        metadata={
+            "help": "Random crop in training (paper: 224 of 256); false trains on the test's center crop (flips kept)."
+        },
+    )
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (paper: 1e-3)."})
     lr_decay: float = field(default=0.85, metadata={"help": "Learning-rate factor applied after every epoch (paper)."})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})

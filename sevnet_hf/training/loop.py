@@ -281,6 +281,7 @@ def train(args: TrainArguments) -> dict:
         processor.image_mean,
         processor.image_std,
         channels_last=args.channels_last,
+        random_crop=args.random_crop,
     ).to(accelerator.device)
 
     sampler = EpochShuffleSampler(len(parts["train"]), args.seed)

@@ -13,10 +13,13 @@ from ..metrics import au_f1_scores, probabilities_to_predictions
 
 class AUDataCollator:
     """Stacks :class:`~sevnet_hf.data.transforms.AUImageDataset` items and applies the training (random crop + flip)
-    or test (center crop) transform with the image processor's statistics."""
+    or test (center crop) transform with the image processor's statistics; ``random_crop=False`` trains on the center
+    crop (``TrainArguments.random_crop``)."""
 
-    def __init__(self, processor, train: bool = True, seed: int = 0):
-        self.augment = DeviceAugment(processor.square_sizes()[1], processor.image_mean, processor.image_std)
+    def __init__(self, processor, train: bool = True, seed: int = 0, random_crop: bool = True):
+        self.augment = DeviceAugment(
+            processor.square_sizes()[1], processor.image_mean, processor.image_std, random_crop=random_crop
+        )
         self.train = train
         self.generator = torch.Generator().manual_seed(seed)
 
