@@ -55,6 +55,7 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
     assert model.config.shared_classifier and not model.config.classifier_per_au_bias
     assert model.config.backbone_output_stride == 16 and model.config.au_diversity_weight == 1.0
+    assert model.config.au_projection_bias_init == 0.1 and model.config.backbone_kwargs == {"zero_init_last": False}
     # It leaves what a user needs (model folders, figures, CSV, metrics, the prepared faces) and says how much.
     for run in (out / "train", out / "baseline_resnet"):
         assert not (run / "checkpoints").exists() and not (run / "best_model").exists(), run
@@ -70,3 +71,20 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "reusing the prepared faces" in printed and printed.count("reusing the finished training") == 2
     assert not (out / "train" / "checkpoints").exists()
+
+
+def test_demo_recipe_defaults_and_their_switches(tmp_path):
+    """The demo's recipe fields reach the training arguments: center-crop training, torchvision's block start and the
+    AU projection's bias start by default, and each switch gives the paper's / the library's setting back."""
+    from sevnet_hf.training.demo import DemoArguments, demo_train_arguments
+
+    recipe = demo_train_arguments(DemoArguments(), tmp_path / "data", tmp_path / "train", "minilm")
+    overrides = json.loads(recipe.config_overrides)
+    assert recipe.random_crop is False
+    assert overrides["backbone_kwargs"] == {"zero_init_last": False}
+    assert overrides["au_projection_bias_init"] == 0.1
+    switched = DemoArguments(random_crop=True, zero_init_last=True, au_projection_bias_init=1.0)
+    recipe = demo_train_arguments(switched, tmp_path / "data", tmp_path / "train", "minilm")
+    overrides = json.loads(recipe.config_overrides)
+    assert recipe.random_crop is True and overrides["backbone_kwargs"] is None
+    assert overrides["au_projection_bias_init"] == 1.0

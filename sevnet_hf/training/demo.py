@@ -57,10 +57,25 @@ class DemoArguments:
         metadata={"help": "Weight of the loss term that keeps the AU embeddings apart (0: the paper's loss alone)."},
     )
     zero_init_last: bool = field(
-        default=True,
+        default=False,
         metadata={
-            "help": "timm's start of each ResNet block's last norm at 0; false starts it at 1 as torchvision does "
-            "(backbone_kwargs)."
+            "help": "timm's start of each ResNet block's last norm at 0 (an identity block); the default false starts "
+            "it at 1 as torchvision does (backbone_kwargs): the random resnet18 then learns this set in the demo's "
+            "steps (README, Design choices)."
+        },
+    )
+    random_crop: bool = field(
+        default=False,
+        metadata={
+            "help": "Random crops in training (the paper's); the default trains on the test's center crop with flips, "
+            "which learns the aligned faces in the demo's steps (README, Design choices)."
+        },
+    )
+    au_projection_bias_init: float = field(
+        default=0.1,
+        metadata={
+            "help": "Start of the AU projection's bias (the model's default is 1.0); 0.1 gives sharper maps that "
+            "land more in the AUs' regions in the demo's steps, 0 leaves maps dead (README, Design choices)."
         },
     )
     baseline: bool = field(
@@ -374,6 +389,7 @@ def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, 
         text_encoder=text_encoder,
         backbone_weights="none",
         image_size=args.image_size,
+        random_crop=args.random_crop,
         batch_size=args.batch_size,
         epochs=args.epochs,
         patience=0,
@@ -389,6 +405,7 @@ def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, 
                 "classifier_per_au_bias": args.per_au_bias,
                 "shared_classifier": args.shared_classifier,
                 "au_diversity_weight": args.au_diversity_weight,
+                "au_projection_bias_init": args.au_projection_bias_init,
                 "backbone_kwargs": None if args.zero_init_last else {"zero_init_last": False},
                 # The Inter-AU encoder scaled to the 384-d MiniLM encoder (the paper's 768/6/1024 suit BERT-Large).
                 "inter_au_hidden_size": 384,
