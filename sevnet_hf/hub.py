@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,13 @@ def _design_notes(config) -> str:
         + ".",
         f"- Visual map: `{config.backbone}` at output stride {stride or 'of the backbone (32 for resnet18; the paper)'}"
         + (" (dilated last stages; the paper uses 32)" if stride and stride != 32 else "")
-        + f", input {config.image_size} px.",
+        + f", input {config.image_size} px"
+        + (
+            f"; extra backbone arguments `{json.dumps(config.backbone_kwargs, sort_keys=True)}`"
+            if getattr(config, "backbone_kwargs", None)
+            else ""
+        )
+        + ".",
         f"- AU-embedding diversity term `au_diversity_weight = {weight:g}`"
         + (
             " (added to Eq. 7's loss in training: the mean squared cosine between AU embeddings; without it the AU "

@@ -73,6 +73,9 @@ def test_model_card_describes_the_head_and_departures_from_the_config_with_no_ma
     assert "cosine of the AU embeddings 0.080" in text and "AU embeddings apart" in text
     strict = render_model_card(SEVNetConfig(au_diversity_weight=0.0))
     assert "This is the paper's configuration." in strict and "the paper's loss alone" in strict
+    assert "extra backbone arguments" not in strict
+    torchvision_start = render_model_card(SEVNetConfig(backbone_kwargs={"zero_init_last": False}))
+    assert 'extra backbone arguments `{"zero_init_last": false}`' in torchvision_start
 
 
 def test_model_card_names_zero_shot_aus_the_bp4dplus_split_and_aus_absent_from_training():
