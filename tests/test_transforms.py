@@ -76,3 +76,15 @@ def test_decode_resized_gives_square_rgb():
     Image.fromarray((np.random.default_rng(2).random((90, 70)) * 255).astype(np.uint8)).save(buffer, "PNG")
     array = decode_resized(buffer.getvalue(), 32)
     assert array.shape == (32, 32, 3) and array.dtype == np.uint8 and array.flags.writeable
+
+
+def test_trainer_collator_passes_random_crop_through():
+    from sevnet_hf.training.trainer_utils import AUDataCollator
+
+    processor = SEVNetImageProcessor(size=20, crop_size=16)
+    items = [{"pixel_values": image, "labels": torch.zeros(3)} for image in batch(count=8)]
+    center = AUDataCollator(processor, train=False)(items)["pixel_values"]
+    for random_crop in (False, True):
+        out = AUDataCollator(processor, train=True, seed=1, random_crop=random_crop)(items)["pixel_values"]
+        centred = [torch.equal(out[i], center[i]) or torch.equal(out[i], center[i].flip(-1)) for i in range(8)]
+        assert all(centred) is not random_crop  # random crops move some faces off the center crop
