@@ -39,9 +39,10 @@ def run_one(model_type: str, seed: int, dataset: Path, workdir: Path, epochs: in
         _test_part,
         demo_train_arguments,
         load_trained,
+        predict_probabilities,
     )
     from sevnet_hf.training.loop import train
-    from sevnet_hf.training.zeroshot import _predict, roc_auc
+    from sevnet_hf.training.zeroshot import roc_auc
 
     demo = DemoArguments(seed=seed, progress=False, **({"epochs": epochs} if epochs else {}))
     args = demo_train_arguments(demo, dataset, workdir / f"{model_type}_seed{seed}", minilm_encoder_path())
@@ -62,7 +63,7 @@ def run_one(model_type: str, seed: int, dataset: Path, workdir: Path, epochs: in
     metadata = read_metadata(dataset)
     model, processor = load_trained(Path(args.output_dir) / "model")
     test = _test_part(dataset, results)
-    probabilities = _predict(model, processor, list(test["image"]))
+    probabilities = predict_probabilities(model, processor, list(test["image"]))
     row["test_roc_auc"] = {
         au: roc_auc(probabilities[:, k], np.asarray(test[au], dtype=float))
         for k, au in enumerate(model.config.au_labels)

@@ -142,6 +142,18 @@ def load_trained(model_dir: Path):
     return AutoModelForImageClassification.from_pretrained(model_dir).eval(), AutoImageProcessor.from_pretrained(model_dir)
 
 
+def predict_probabilities(model, processor, faces, batch: int = 64):
+    """AU probabilities (faces x AUs, numpy) of aligned PIL ``faces`` through the model's own image processor."""
+    import torch
+
+    probabilities = []
+    with torch.no_grad():
+        for start in range(0, len(faces), batch):
+            pixels = processor([np.asarray(face.convert("RGB")) for face in faces[start : start + batch]])
+            probabilities.append(torch.sigmoid(model(**pixels).logits).numpy())
+    return np.concatenate(probabilities)
+
+
 def _attention_figure(model, processor, test, au_columns: list[str], path: Path, count: int = 3) -> None:
     """Attention maps of the trained model on a few test faces (the paper's Fig. 4)."""
     import torch

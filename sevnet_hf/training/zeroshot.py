@@ -99,20 +99,9 @@ def control_descriptions(holdout: list[str], texts: dict[str, str], trained: lis
     }
 
 
-def _predict(model, processor, faces, batch: int = 64) -> np.ndarray:
-    import torch
-
-    probabilities = []
-    with torch.no_grad():
-        for start in range(0, len(faces), batch):
-            pixels = processor([np.asarray(face.convert("RGB")) for face in faces[start : start + batch]])
-            probabilities.append(torch.sigmoid(model(**pixels).logits).numpy())
-    return np.concatenate(probabilities)
-
-
 def evaluate_seed(model_dir: Path, test, train_labels: dict[str, np.ndarray], holdout, texts, args, encoder) -> dict:
     """Every condition's scores for one trained model."""
-    from .demo import load_trained
+    from .demo import load_trained, predict_probabilities
 
     base, processor = load_trained(model_dir)
     trained = list(base.config.au_labels)
@@ -121,7 +110,7 @@ def evaluate_seed(model_dir: Path, test, train_labels: dict[str, np.ndarray], ho
     for condition, descriptions in control_descriptions(holdout, texts, trained, args.unrelated_description).items():
         model = copy.deepcopy(base)  # each condition adds the held-out AUs to the trained model as saved
         model.add_aus(descriptions, text_encoder=encoder)
-        probabilities = _predict(model, processor, faces)
+        probabilities = predict_probabilities(model, processor, faces)
         out[condition] = {}
         for k, au in enumerate(model.config.au_labels):
             if condition != "descriptions" and au not in holdout:
