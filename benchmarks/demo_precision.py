@@ -1,0 +1,80 @@
+"""The demo's training step in fp32 and in bf16 autocast, alternating in one run (the ground for ``--mixed_precision``).
+
+    python benchmarks/demo_precision.py            # CPU: the demo's SEV-Net, batch 16, 96 px, 15 AUs
+
+Builds the model ``sevnet-hf demo`` trains (its recipe from ``demo_train_arguments``: random resnet18 at output
+stride 16, Inter-AU 384/6/512, shared classifier, the offline MiniLM table), times training steps (forward + loss + backward + Adam) under each precision in turn (ABAB..., so machine
+drift hits both alike) and prints images/s and the bf16 / fp32 ratio. Writes benchmarks/results/demo_precision.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_description, timed, write_json  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--name", default="demo_precision")
+    args = parser.parse_args(argv)
+
+    from sevnet_hf.offline_assets import minilm_encoder_path
+    from sevnet_hf.training.build import build_model
+    from sevnet_hf.training.demo import DemoArguments, demo_mixed_precision, demo_train_arguments
+
+    aus = [1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26]
+    demo = DemoArguments()
+    recipe = demo_train_arguments(demo, Path("unused"), Path("unused"), minilm_encoder_path())
+    rng = np.random.default_rng(0)
+    model, _ = build_model(recipe, aus, rng.integers(0, 2, (64, len(aus))), verbose=False)
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+    images = torch.randn(args.batch_size, 3, demo.image_size, demo.image_size).contiguous(
+        memory_format=torch.channels_last
+    )
+    labels = torch.from_numpy(rng.integers(0, 2, (args.batch_size, len(aus))).astype(np.float32))
+    device = torch.device("cpu")
+
+    def step(bf16: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(pixel_values=images, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for bf16 in (False, True, False, True):  # warm-up of both paths
+        step(bf16)
+    samples = {"fp32": [], "bf16": []}
+    for _ in range(args.rounds):
+        for name, bf16 in (("fp32", False), ("bf16", True)):
+            samples[name].append(args.batch_size / timed(lambda bf16=bf16: step(bf16), device, args.repeats))
+    rates = {name: statistics.median(values) for name, values in samples.items()}
+    result = {
+        "machine": machine_description(device),
+        "settings": {"batch_size": args.batch_size, "image_size": demo.image_size, "rounds": args.rounds,
+                     "repeats": args.repeats, "channels_last": True},
+        "demo_auto_choice": demo_mixed_precision("auto"),
+        "images_per_s": rates,
+        "samples": samples,
+        "ratio_bf16_over_fp32": rates["bf16"] / rates["fp32"],
+    }
+    print(f"demo training step, batch {args.batch_size}, {demo.image_size} px: fp32 {rates['fp32']:.1f} img/s, "
+          f"bf16 {rates['bf16']:.1f} img/s, ratio {result['ratio_bf16_over_fp32']:.2f} "
+          f"(demo's auto here: {result['demo_auto_choice']})")
+    print("wrote", write_json(args.name, result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
