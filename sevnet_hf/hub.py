@@ -151,11 +151,11 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         )
     if config.model_type == "sevnet":
         extra.append(
-            "- What this package has measured of SEV-Net's attention (synthetic demo set, random resnet18, 972 "
-            "CPU steps, 3 seeds, the paper's shared head): the AU maps differ (mean TV 0.79 between two AUs' maps) "
-            "but sit only 1.26-1.61x as much inside the AUs' regions as a uniform map (which AUs localise changes "
-            "with the seed); mean F1 56.6 against 54.6 for a ResNet-18 baseline (the baseline ahead on 2 of 3 seeds), "
-            "ROC-AUC 0.818 against 0.777; without the diversity term the maps collapse. No run on BP4D, DISFA or "
+            "- What this package has measured of SEV-Net's attention (synthetic demo set, random resnet18, 1,296 "
+            "CPU steps, 3 seeds, the paper's shared head): the AU maps differ (mean TV 0.85 between two AUs' maps) "
+            "but sit only 1.04-1.56x as much inside the AUs' regions as a uniform map (which AUs localise changes "
+            "with the seed); mean F1 61.7 against 55.5 for a ResNet-18 baseline (ahead on every seed, on one by 0.5), "
+            "ROC-AUC 0.835 against 0.803; without the diversity term the maps collapse. No run on BP4D, DISFA or "
             "BP4D+ has been made with this package yet."
         )
     zero_shot = list(getattr(config, "zero_shot_aus", None) or [])
