@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sevnet_hf.training.args import TrainArguments
-from sevnet_hf.training.loop import train
+from sevnet_hf.training.loop import allow_precision_change, train
 from tests.fixtures_data import make_prepared_dataset
 
 TINY_OVERRIDES = json.dumps(
@@ -88,6 +88,21 @@ def test_full_run_saves_a_loadable_model_with_results(prepared, tiny_text_encode
     model = AutoModelForImageClassification.from_pretrained(model_dir)
     assert model.config.au_labels == ["AU1", "AU2", "AU4"] and model.has_au_text_embeddings
     assert "test mean F1" in (model_dir / "README.md").read_text() or "Avg" in (model_dir / "README.md").read_text()
+
+
+def test_one_process_trains_in_fp32_then_in_bf16(prepared, tiny_text_encoder_dir, tmp_path):
+    """Accelerate keeps one state per process and refuses an Accelerator with another precision; train() resets it in
+    a single process, so the demo's bf16 run can follow a fp32 run (tests, notebooks)."""
+    from accelerate import Accelerator
+
+    Accelerator(mixed_precision="no")
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(mixed_precision="bf16")  # what train() met before the reset
+    first = train(run_args(prepared, tiny_text_encoder_dir, tmp_path / "fp32", mixed_precision="no", epochs=1))
+    second = train(run_args(prepared, tiny_text_encoder_dir, tmp_path / "bf16", mixed_precision="bf16", epochs=1))
+    assert first["images"]["test"] == second["images"]["test"] == 12
+    assert (tmp_path / "bf16" / "model" / "model.safetensors").is_file()
+    allow_precision_change("no")  # leave the process as the other tests expect it
 
 
 def test_per_epoch_metrics_reach_tensorboard(prepared, tiny_text_encoder_dir, tmp_path):

@@ -87,6 +87,20 @@ def _mixed_precision(choice: str) -> str:
     return "no"
 
 
+def allow_precision_change(mixed_precision: str) -> None:
+    """Let a process that trains twice change precision (the demo's bf16 after a ``train`` in fp32, in tests or a
+    notebook). Accelerate keeps one ``AcceleratorState`` per process and refuses a second ``Accelerator`` with another
+    ``mixed_precision``; in a single process that state is reset here (the process state, device and any process
+    group, is kept). Distributed runs keep Accelerate's error: every rank must agree on a precision from the start."""
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:
+        return
+    state = AcceleratorState()
+    if getattr(state, "_mixed_precision", mixed_precision) != mixed_precision and state.num_processes == 1:
+        AcceleratorState._reset_state()
+
+
 def _trackers(report_to: str) -> list[str]:
     """Tracker names for ``Accelerator(log_with=...)``: 'auto' is TensorBoard when it is installed, else none."""
     choice = report_to.strip().lower()
@@ -225,8 +239,10 @@ def train(args: TrainArguments) -> dict:
     from .build import build_model
 
     output_dir = Path(args.output_dir)
+    precision = _mixed_precision(args.mixed_precision)
+    allow_precision_change(precision)
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(args.mixed_precision),
+        mixed_precision=precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=_trackers(args.report_to) or None,
         project_dir=str(output_dir),
