@@ -4,7 +4,7 @@
 
 Both models train with ``sevnet-hf demo``'s recipe (``demo_train_arguments``: random resnet18 at output stride 16,
 96 px center crops with flips, torchvision's block start, Adam 1e-3 x 0.85 per epoch, batch 16, the demo's epochs and precision (8, bf16 on a CPU with native bf16;
-the table in RESULTS.md was measured with the earlier 6 epochs in fp32: ``--epochs 6 --mixed_precision no``); SEV-Net with the MiniLM table, the shared classifier
+RESULTS.md also holds the earlier table of 6 epochs in fp32: ``--epochs 6 --mixed_precision no``); SEV-Net with the MiniLM table, the shared classifier
 ``au_diversity_weight`` 1 and the AU projection's bias started at 0.1) on the synthetic ``demo`` set, fold 1, one run per training seed (initialisation,
 order, augmentation and the validation carve-out). Test on the 16 unseen subjects. Printed per seed and averaged:
 
