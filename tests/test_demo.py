@@ -91,8 +91,8 @@ def test_demo_recipe_defaults_and_their_switches(tmp_path):
 
 
 def test_demo_mixed_precision_auto_takes_bf16_only_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
-    """``--mixed_precision auto`` (the demo's default) gives bf16 where oneDNN runs it natively, fp32 where bf16 would
-    be emulated (slower), and an explicit choice reaches the training arguments unchanged."""
+    """``--mixed_precision auto`` (the demo's default) gives bf16 and 8 epochs where oneDNN runs bf16 natively, fp32 and
+    6 epochs where bf16 would be emulated (slower); explicit choices reach the training arguments unchanged."""
     import torch
 
     from sevnet_hf.training.demo import DemoArguments, demo_mixed_precision, demo_train_arguments
@@ -100,10 +100,13 @@ def test_demo_mixed_precision_auto_takes_bf16_only_on_a_cpu_with_native_bf16(tmp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     assert demo_mixed_precision("auto") == "bf16"
-    assert demo_train_arguments(DemoArguments(), tmp_path, tmp_path / "t", "minilm").mixed_precision == "bf16"
+    recipe = demo_train_arguments(DemoArguments(), tmp_path, tmp_path / "t", "minilm")
+    assert (recipe.mixed_precision, recipe.epochs) == ("bf16", 8)  # the time bf16 saves goes to more epochs
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
     assert demo_mixed_precision("auto") == "no"
-    assert demo_train_arguments(DemoArguments(), tmp_path, tmp_path / "t", "minilm").mixed_precision == "no"
+    recipe = demo_train_arguments(DemoArguments(), tmp_path, tmp_path / "t", "minilm")
+    assert (recipe.mixed_precision, recipe.epochs) == ("no", 6)
+    assert demo_train_arguments(DemoArguments(epochs=3), tmp_path, tmp_path / "t", "minilm").epochs == 3
     for choice in ("no", "bf16", "fp16"):
         recipe = demo_train_arguments(DemoArguments(mixed_precision=choice), tmp_path, tmp_path / "t", "minilm")
         assert recipe.mixed_precision == choice
