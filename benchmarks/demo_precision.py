@@ -3,8 +3,9 @@
     python benchmarks/demo_precision.py            # CPU: the demo's SEV-Net, batch 16, 96 px, 15 AUs
 
 Builds the model ``sevnet-hf demo`` trains (its recipe from ``demo_train_arguments``: random resnet18 at output
-stride 16, Inter-AU 384/6/512, shared classifier, the offline MiniLM table), times training steps (forward + loss + backward + Adam) under each precision in turn (ABAB..., so machine
-drift hits both alike) and prints images/s and the bf16 / fp32 ratio. Writes benchmarks/results/demo_precision.json.
+stride 16, Inter-AU 384/6/512, shared classifier, the offline MiniLM table), times training steps (forward + loss +
+backward + Adam) under each precision in turn (ABAB..., so machine drift hits both alike) and prints images/s and the
+bf16 / fp32 ratio. Writes benchmarks/results/demo_precision.json.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--name", default="demo_precision")
     args = parser.parse_args(argv)
 
+    from sevnet_hf.datasets_scripts.synthetic_render import SYNTHETIC_AUS
     from sevnet_hf.offline_assets import minilm_encoder_path
     from sevnet_hf.training.build import build_model
     from sevnet_hf.training.demo import DemoArguments, demo_mixed_precision, demo_train_arguments
 
-    aus = [1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26]
+    aus = list(SYNTHETIC_AUS)
     demo = DemoArguments()
     recipe = demo_train_arguments(demo, Path("unused"), Path("unused"), minilm_encoder_path())
     rng = np.random.default_rng(0)
@@ -62,16 +64,23 @@ def main(argv=None) -> dict:
     rates = {name: statistics.median(values) for name, values in samples.items()}
     result = {
         "machine": machine_description(device),
-        "settings": {"batch_size": args.batch_size, "image_size": demo.image_size, "rounds": args.rounds,
-                     "repeats": args.repeats, "channels_last": True},
+        "settings": {
+            "batch_size": args.batch_size,
+            "image_size": demo.image_size,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "channels_last": True,
+        },
         "demo_auto_choice": demo_mixed_precision("auto"),
         "images_per_s": rates,
         "samples": samples,
         "ratio_bf16_over_fp32": rates["bf16"] / rates["fp32"],
     }
-    print(f"demo training step, batch {args.batch_size}, {demo.image_size} px: fp32 {rates['fp32']:.1f} img/s, "
-          f"bf16 {rates['bf16']:.1f} img/s, ratio {result['ratio_bf16_over_fp32']:.2f} "
-          f"(demo's auto here: {result['demo_auto_choice']})")
+    print(
+        f"demo training step, batch {args.batch_size}, {demo.image_size} px: fp32 {rates['fp32']:.1f} img/s, "
+        f"bf16 {rates['bf16']:.1f} img/s, ratio {result['ratio_bf16_over_fp32']:.2f} "
+        f"(demo's auto here: {result['demo_auto_choice']})"
+    )
     print("wrote", write_json(args.name, result))
     return result
 

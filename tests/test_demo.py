@@ -110,3 +110,7 @@ def test_demo_mixed_precision_auto_takes_bf16_only_on_a_cpu_with_native_bf16(tmp
     for choice in ("no", "bf16", "fp16"):
         recipe = demo_train_arguments(DemoArguments(mixed_precision=choice), tmp_path, tmp_path / "t", "minilm")
         assert recipe.mixed_precision == choice
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU: what train's auto resolves to
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    recipe = demo_train_arguments(DemoArguments(), tmp_path, tmp_path / "t", "minilm")
+    assert (recipe.mixed_precision, recipe.epochs) == ("bf16", 8)

@@ -405,13 +405,16 @@ def closing_lines(summary: dict, results: dict, args: DemoArguments) -> str:
 
 def demo_mixed_precision(choice: str) -> str:
     """The demo's ``auto``: bf16 on a CPU that runs bf16 natively (oneDNN says so), where it is faster than fp32;
-    ``train``'s own ``auto`` on a GPU; fp32 elsewhere (emulated bf16 is slower than fp32)."""
+    on a GPU what ``train``'s ``auto`` resolves to (so the epoch rule sees the precision that runs); fp32 elsewhere
+    (emulated bf16 is slower than fp32)."""
     import torch
+
+    from .loop import _mixed_precision
 
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
-        return "auto"
+        return _mixed_precision(choice)
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     try:
         native = bool(check()) if check is not None else False
