@@ -54,7 +54,7 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     assert len(model.config.au_labels) >= 15 and model.has_au_text_embeddings
     assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
     assert model.config.shared_classifier and not model.config.classifier_per_au_bias
-    assert model.config.backbone_output_stride == 16 and model.config.au_diversity_weight == 1.0
+    assert model.config.backbone_output_stride == 16 and model.config.au_diversity_weight == 10.0
     assert model.config.au_projection_bias_init == 0.1 and model.config.backbone_kwargs == {"zero_init_last": False}
     # It leaves what a user needs (model folders, figures, CSV, metrics, the prepared faces) and says how much.
     for run in (out / "train", out / "baseline_resnet"):
