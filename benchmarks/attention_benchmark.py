@@ -4,8 +4,8 @@
 
 Both models train with ``sevnet-hf demo``'s recipe (``demo_train_arguments``: random resnet18 at output stride 16,
 96 px center crops with flips, torchvision's block start, Adam 1e-3 x 0.85 per epoch, batch 16, the demo's epochs and precision (8, bf16 on a CPU with native bf16;
-RESULTS.md also holds the earlier table of 6 epochs in fp32: ``--mixed_precision no``); SEV-Net with the MiniLM table, the shared classifier
-``au_diversity_weight`` 1 and the AU projection's bias started at 0.1) on the synthetic ``demo`` set, fold 1, one run per training seed (initialisation,
+RESULTS.md also holds the earlier table of 6 epochs in fp32: ``--mixed_precision no``); SEV-Net with the MiniLM table, the shared classifier,
+the demo's ``au_diversity_weight`` (10 since 6a9018e; RESULTS.md's earlier tables are 1) and the AU projection's bias started at 0.1) on the synthetic ``demo`` set, fold 1, one run per training seed (initialisation,
 order, augmentation and the validation carve-out). Test on the 16 unseen subjects. Printed per seed and averaged:
 
 - test mean F1 (%) and mean ROC-AUC over the AUs (ranking, free of the 0.5 threshold);
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--mixed_precision", default="auto", help="the demo's --mixed_precision (no: 6 fp32 epochs, the 851d291 table)"
     )
-    parser.add_argument("--name", default="attention_benchmark", help="JSON file name under benchmarks/results")
+    parser.add_argument("--name", default="attention_benchmark", help="JSON file name (no .json) under benchmarks/results")
     args = parser.parse_args(argv)
     dataset = Path(args.dataset)
     if not (dataset / "metadata.json").is_file():
