@@ -27,6 +27,13 @@ def _cell_overlap(box, grid: tuple[int, int], crop: int, left: int, top: int, sc
     return over_y[:, None] * over_x[None, :]
 
 
+def _crop_geometry(processor, aligned_size: int) -> tuple[int, int, int, float]:
+    """(crop side, crop's left and top offsets in resized pixels, aligned pixels per resized pixel) of ``processor``."""
+    resize, crop_size = processor.square_sizes()
+    left = top = (resize - crop_size) // 2
+    return crop_size, left, top, aligned_size / resize
+
+
 def localisation_scores(
     model,
     processor,
@@ -71,9 +78,7 @@ def _scan(model, processor, dataset, au_columns, max_images, batch_size, aligned
     if "au_regions" not in dataset.column_names:
         raise ValueError("localisation needs the synthetic set's au_regions column (per-AU boxes in aligned pixels)")
     model.eval()
-    resize, crop_size = processor.square_sizes()
-    scale = aligned_size / resize
-    left = top = (resize - crop_size) // 2
+    crop_size, left, top, scale = _crop_geometry(processor, aligned_size)
     count = min(max_images, len(dataset))
     mass = {c: [] for c in au_columns}
     peak = {c: [] for c in au_columns}
@@ -109,6 +114,69 @@ def _scan(model, processor, dataset, au_columns, max_images, batch_size, aligned
                 "faces": len(mass[column]),
             }
     return summary, tv, grid
+
+
+@torch.no_grad()
+def feature_locality(
+    model,
+    processor,
+    dataset,
+    au_columns: list[str],
+    aligned_size: int = 256,
+    min_overlap: float = 0.25,
+    batch_size: int = 64,
+) -> dict:
+    """Whether the visual map holds each AU where the AU is, which attention needs before it can land there.
+
+    Per AU and map cell, a linear probe (logistic regression on that cell's d_v features, standardised) is fitted on
+    the faces of every other subject (sorted names) and scored by ROC-AUC on the rest. Per AU: the mean ROC-AUC over
+    the cells that lie in the AU's region (mean overlap with its ``au_regions`` box >= ``min_overlap``), over the other
+    cells, the best cell's, and whether the best cell is in the region. If region and other cells score alike, the
+    features carry the AU everywhere (a receptive field that spans the face) and no map can prefer the region.
+    ``model`` returns ``visual_features`` (B x d_v x h x w); ``dataset`` has ``image``, ``subject``, ``au_regions``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    for column in ("subject", "au_regions"):
+        if column not in dataset.column_names:
+            raise ValueError(f"feature_locality needs the dataset's {column!r} column")
+    model.eval()
+    crop_size, left, top, scale = _crop_geometry(processor, aligned_size)
+    features, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        out = model(**processor([np.asarray(im.convert("RGB")) for im in rows["image"]]))
+        features.append(out.visual_features.float().flatten(2).numpy())
+        labels.append(np.stack([np.asarray(rows[c]) for c in au_columns], axis=1))
+    features, labels = np.concatenate(features), np.concatenate(labels)  # B x d_v x L, B x N
+    grid = tuple(out.visual_features.shape[-2:])
+    subjects = np.asarray(dataset["subject"])
+    fit_part = np.isin(subjects, sorted(set(subjects))[::2])
+    regions = dataset["au_regions"]
+    summary = {}
+    for k, column in enumerate(au_columns):
+        known = (labels[:, k] == 0) | (labels[:, k] == 1)
+        fit, score = known & fit_part, known & ~fit_part
+        if len(set(labels[fit, k])) < 2 or len(set(labels[score, k])) < 2:
+            continue  # a half without both classes: no probe, no score
+        aucs = []
+        for cell in range(features.shape[-1]):
+            x = features[:, :, cell]
+            mean, std = x[fit].mean(0), x[fit].std(0) + 1e-6
+            probe = LogisticRegression(C=0.1, max_iter=300).fit((x[fit] - mean) / std, labels[fit, k])
+            aucs.append(roc_auc_score(labels[score, k], probe.decision_function((x[score] - mean) / std)))
+        aucs = np.asarray(aucs)
+        overlap = np.mean([_cell_overlap(box[k], grid, crop_size, left, top, scale).ravel() for box in regions], 0)
+        inside = overlap >= min_overlap
+        summary[column] = {
+            "region_cells": int(inside.sum()),
+            "roc_auc_region": float(aucs[inside].mean()) if inside.any() else float("nan"),
+            "roc_auc_other": float(aucs[~inside].mean()) if (~inside).any() else float("nan"),
+            "roc_auc_best": float(aucs.max()),
+            "best_cell_in_region": bool(inside[aucs.argmax()]),
+        }
+    return summary
 
 
 def side_by_side_attention(models: dict, processor, faces: list[np.ndarray], path: Path) -> Path:

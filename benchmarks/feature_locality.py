@@ -1,0 +1,91 @@
+"""Do the trained models' visual maps hold each AU where the AU is? Linear probes per map cell.
+
+    python benchmarks/feature_locality.py [--workdir outputs/attention_benchmark] [--dataset outputs/demo/data]
+
+For every finished run of ``attention_benchmark.py`` in ``--workdir`` (``sevnet_seed0``, ``resnet_seed0``, ...), or a
+training folder given with ``--runs``, the model's visual map (``visual_features``, 6x6 x 512 for the demo recipe) on
+the fold's unseen test subjects goes into :func:`sevnet_hf.training.attention_analysis.feature_locality`: per AU and
+cell a logistic-regression probe fitted on half of the test subjects and scored (ROC-AUC) on the other half. Printed
+per run: mean probe ROC-AUC over the cells inside the AUs' regions and over the other cells, the best cell's, and for
+how many AUs the best cell lies in the region. Attention (Eq. 4-5) can only prefer an AU's region if the region's
+cells tell the AU apart better than the others. Writes benchmarks/results/feature_locality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_description, pick_device, write_json  # noqa: E402
+
+
+def probe_run(run_dir: Path, dataset: Path) -> dict:
+    from sevnet_hf.data.schema import read_metadata
+    from sevnet_hf.training.attention_analysis import feature_locality
+    from sevnet_hf.training.demo import _test_part, load_trained
+
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    metadata = read_metadata(dataset)
+    model, processor = load_trained(run_dir / "model")
+    test = _test_part(dataset, results)
+    per_au = feature_locality(
+        model, processor, test, list(metadata["au_columns"]), aligned_size=int(metadata.get("image_size", 256))
+    )
+    with_region = [s for s in per_au.values() if s["region_cells"] > 0]
+    return {
+        "run": run_dir.name,
+        "roc_auc_region": float(np.mean([s["roc_auc_region"] for s in with_region])),
+        "roc_auc_other": float(np.mean([s["roc_auc_other"] for s in per_au.values()])),
+        "roc_auc_best": float(np.mean([s["roc_auc_best"] for s in per_au.values()])),
+        "best_cell_in_region": sum(s["best_cell_in_region"] for s in per_au.values()),
+        "aus": len(per_au),
+        "per_au": per_au,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| run | probe ROC-AUC, region cells | other cells | best cell | AUs whose best cell is in the region |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['roc_auc_region']:.3f} | {r['roc_auc_other']:.3f} | {r['roc_auc_best']:.3f} | "
+            f"{r['best_cell_in_region']} of {r['aus']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="outputs/demo/data")
+    parser.add_argument("--workdir", default="outputs/attention_benchmark")
+    parser.add_argument("--runs", default=None, help="comma-separated training folders (default: --workdir's runs)")
+    parser.add_argument(
+        "--name", default="feature_locality", help="JSON file name (no .json) under benchmarks/results"
+    )
+    args = parser.parse_args(argv)
+    if args.runs:
+        runs = [Path(r) for r in args.runs.split(",")]
+    else:
+        runs = sorted(p for p in Path(args.workdir).glob("*_seed*") if (p / "model" / "config.json").is_file())
+    if not runs:
+        parser.error(f"no finished runs under {args.workdir} (run attention_benchmark.py first, or give --runs)")
+    rows = []
+    for run_dir in runs:
+        rows.append(probe_run(run_dir, Path(args.dataset)))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_au"}), flush=True)
+    text = table(rows)
+    print(text)
+    result = {"machine": machine_description(pick_device("auto")), "runs": rows, "table": text}
+    print(f"wrote {write_json(args.name, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
