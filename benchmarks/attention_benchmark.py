@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, pick_device, write_json  # noqa: E402
+from common import write_runs  # noqa: E402
 
 
 def run_one(
@@ -146,11 +146,7 @@ def main(argv=None) -> dict:
             rows.append(run_one(model, seed, dataset, Path(args.workdir), args.epochs, args.mixed_precision))
             skip = ("test_f1", "per_au_localisation", "test_roc_auc")
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in skip}), flush=True)
-    text = table(rows)
-    print(text)
-    result = {"machine": machine_description(pick_device("auto")), "runs": rows, "table": text}
-    print(f"wrote {write_json(args.name, result)}")
-    return result
+    return write_runs(args.name, rows, table(rows))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,11 @@ def write_json(name: str, data: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     write_json_atomic(path, data)
     return path
+
+
+def write_runs(name: str, rows: list[dict], table: str) -> dict:
+    """Print ``table``, write ``{"machine", "runs", "table"}`` to results/``name``.json and return it."""
+    print(table)
+    result = {"machine": machine_description(pick_device("auto")), "runs": rows, "table": table}
+    print(f"wrote {write_json(name, result)}")
+    return result

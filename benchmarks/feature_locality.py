@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, pick_device, write_json  # noqa: E402
+from common import write_runs  # noqa: E402
 
 
 def probe_run(run_dir: Path, dataset: Path) -> dict:
@@ -80,11 +80,7 @@ def main(argv=None) -> dict:
     for run_dir in runs:
         rows.append(probe_run(run_dir, Path(args.dataset)))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_au"}), flush=True)
-    text = table(rows)
-    print(text)
-    result = {"machine": machine_description(pick_device("auto")), "runs": rows, "table": text}
-    print(f"wrote {write_json(args.name, result)}")
-    return result
+    return write_runs(args.name, rows, table(rows))
 
 
 if __name__ == "__main__":
