@@ -22,16 +22,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_runs  # noqa: E402
+from feature_locality import mean_scores  # noqa: E402
 
 
 def score_checkpoints(run_dir: Path, dataset: Path, results: dict, probe_every: int) -> list[dict]:
-    from safetensors.torch import load_file
-
     from sevnet_hf.data.schema import read_metadata
     from sevnet_hf.metrics import au_f1_scores
     from sevnet_hf.training.attention_analysis import feature_locality
     from sevnet_hf.training.demo import _attention_on_test, _test_part, load_trained, predict_probabilities
-    from sevnet_hf.training.loop import _complete_checkpoints
+    from sevnet_hf.training.loop import _complete_checkpoints, _load_best_state
 
     metadata = read_metadata(dataset)
     columns, aligned = list(metadata["au_columns"]), int(metadata.get("image_size", 256))
@@ -42,10 +41,7 @@ def score_checkpoints(run_dir: Path, dataset: Path, results: dict, probe_every: 
     rows = []
     for checkpoint in _complete_checkpoints(run_dir):
         epoch = int(checkpoint.name.split("_")[1])
-        state = {}
-        for file in sorted(checkpoint.glob("model*.safetensors")):
-            state.update(load_file(str(file)))
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(_load_best_state(checkpoint), strict=True)
         model.eval()
         attention = _attention_on_test(model, processor, test, columns, aligned)
         probabilities = predict_probabilities(model, processor, list(test["image"]))
@@ -57,11 +53,8 @@ def score_checkpoints(run_dir: Path, dataset: Path, results: dict, probe_every: 
             "mass_over_uniform": attention["mass_over_uniform"],
         }
         if probe_every and epoch % probe_every == 0:
-            probes = feature_locality(model, processor, test, columns, aligned_size=aligned)
-            row["probe_roc_auc_region"] = float(
-                np.mean([s["roc_auc_region"] for s in probes.values() if s["region_cells"]])
-            )
-            row["probe_roc_auc_other"] = float(np.mean([s["roc_auc_other"] for s in probes.values()]))
+            means = mean_scores(feature_locality(model, processor, test, columns, aligned_size=aligned))
+            row["probe_roc_auc_region"], row["probe_roc_auc_other"] = means["roc_auc_region"], means["roc_auc_other"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -36,15 +36,18 @@ def probe_run(run_dir: Path, dataset: Path) -> dict:
     per_au = feature_locality(
         model, processor, test, list(metadata["au_columns"]), aligned_size=int(metadata.get("image_size", 256))
     )
+    return {"run": run_dir.name, **mean_scores(per_au), "per_au": per_au}
+
+
+def mean_scores(per_au: dict) -> dict:
+    """Means over AUs of ``feature_locality``'s per-AU scores (region cells: AUs that have any), and the counts."""
     with_region = [s for s in per_au.values() if s["region_cells"] > 0]
     return {
-        "run": run_dir.name,
         "roc_auc_region": float(np.mean([s["roc_auc_region"] for s in with_region])),
         "roc_auc_other": float(np.mean([s["roc_auc_other"] for s in per_au.values()])),
         "roc_auc_best": float(np.mean([s["roc_auc_best"] for s in per_au.values()])),
         "best_cell_in_region": sum(s["best_cell_in_region"] for s in per_au.values()),
         "aus": len(per_au),
-        "per_au": per_au,
     }
 
 
