@@ -55,8 +55,10 @@ def test_feature_locality_sees_no_region_when_every_cell_holds_the_whole_face(qu
         assert scores["roc_auc_other"] == pytest.approx(scores["roc_auc_region"])  # ... and equally well
 
 
-def test_feature_locality_names_a_missing_column(quadrant_faces):
+def test_feature_locality_names_a_missing_column_and_an_empty_set(quadrant_faces):
     dataset, columns, aligned = quadrant_faces
     processor = SEVNetImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     with pytest.raises(ValueError, match="au_regions"):
         feature_locality(QuadrantFeatures(), processor, dataset.remove_columns("au_regions"), columns)
+    with pytest.raises(ValueError, match="empty"):
+        feature_locality(QuadrantFeatures(), processor, dataset.select([]), columns)

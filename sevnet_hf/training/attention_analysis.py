@@ -141,6 +141,8 @@ def feature_locality(
     for column in ("subject", "au_regions"):
         if column not in dataset.column_names:
             raise ValueError(f"feature_locality needs the dataset's {column!r} column")
+    if len(dataset) == 0:
+        raise ValueError("feature_locality needs at least one face (the dataset is empty)")
     model.eval()
     crop_size, left, top, scale = _crop_geometry(processor, aligned_size)
     features, labels = [], []
