@@ -50,6 +50,8 @@ def _design_notes(config) -> str:
     if getattr(config, "model_type", "sevnet") != "sevnet":
         return f"A `{config.model_type}` baseline of the SEV-Net paper's ablation (backbone `{config.backbone}`)."
     stride = getattr(config, "backbone_output_stride", None)
+    stage = getattr(config, "backbone_feature_stage", None)
+    pruned = stage not in (None, -1)  # a built model stores None where the stage kept is the last one
     weight = getattr(config, "au_diversity_weight", 0.0)
     notes = [
         "- Classifier: "
@@ -60,8 +62,14 @@ def _design_notes(config) -> str:
             else ""
         )
         + ".",
-        f"- Visual map: `{config.backbone}` at output stride {stride or 'of the backbone (32 for resnet18; the paper)'}"
-        + (" (dilated last stages; the paper uses 32)" if stride and stride != 32 else "")
+        (
+            f"- Visual map: `{config.backbone}` cut after feature stage {stage} ({config.visual_hidden_size} channels; "
+            "the paper reads the last stage)"
+            if pruned
+            else f"- Visual map: `{config.backbone}` at output stride "
+            f"{stride or 'of the backbone (32 for resnet18; the paper)'}"
+            + (" (dilated last stages; the paper uses 32)" if stride and stride != 32 else "")
+        )
         + f", input {config.image_size} px"
         + (
             f"; extra backbone arguments `{json.dumps(config.backbone_kwargs, sort_keys=True)}`"
@@ -82,12 +90,18 @@ def _design_notes(config) -> str:
         f"{config.inter_au_num_layers} layers x {config.inter_au_hidden_size} wide, {config.inter_au_num_heads} heads.",
         f"- Projection bias starts at `au_projection_bias_init = {config.au_projection_bias_init:g}`.",
     ]
-    strict = not weight and stride in (None, 32) and config.shared_classifier and not config.classifier_per_au_bias
+    strict = (
+        not weight
+        and stride in (None, 32)
+        and not pruned
+        and config.shared_classifier
+        and not config.classifier_per_au_bias
+    )
     notes.append(
         "- This is the paper's configuration."
         if strict
-        else "- The paper's configuration: `shared_classifier=True`, "
-        "`classifier_per_au_bias=False`, `backbone_output_stride=None`, `au_diversity_weight=0`."
+        else "- The paper's configuration: `shared_classifier=True`, `classifier_per_au_bias=False`, "
+        "`backbone_output_stride=None`, `backbone_feature_stage=None`, `au_diversity_weight=0`."
     )
     return "\n".join(notes)
 

@@ -131,22 +131,50 @@ AUDetectionOutput.__doc__ += _OUTPUT_SHAPES
 # ----------------------------------------------------------------------------------------------------------------------
 # Building blocks (shared with the baselines)
 # ----------------------------------------------------------------------------------------------------------------------
-def create_backbone(name: str, output_stride: int | None = None, extra: Mapping | None = None) -> nn.Module:
+def create_backbone(
+    name: str, output_stride: int | None = None, extra: Mapping | None = None, feature_stage: int | None = None
+) -> nn.Module:
     """A timm model that returns its un-pooled spatial map from ``forward`` (no download: weights come later).
 
     ``output_stride`` (8, 16 or 32; ``None``: the model's own) makes the last stages dilated instead of strided, as
     timm's ``output_stride`` does: the same weights, a finer map (resnet18 at 96 px: 6x6 at 16 instead of 3x3).
     ``extra``: more keyword arguments for ``timm.create_model`` (``SEVNetConfig.backbone_kwargs``).
+    ``feature_stage``: index into the model's ``feature_info`` (negative: from the end) of the stage whose map is
+    returned; the later stages are pruned (timm's ``prune_intermediate_layers``). ``None`` or the last index keeps the
+    whole model.
     """
     kwargs = dict(extra or {})
     if output_stride is not None:
         kwargs["output_stride"] = int(output_stride)
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
+        backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)
     except TypeError as err:
         raise ValueError(
             f"timm model {name!r} does not take {kwargs} ({err}); check backbone_output_stride and backbone_kwargs"
         ) from err
+    if feature_stage is not None:
+        _prune_to_stage(backbone, name, int(feature_stage))
+    return backbone
+
+
+def _prune_to_stage(backbone: nn.Module, name: str, stage: int) -> None:
+    """Drop the stages after ``feature_info[stage]`` so ``backbone(x)`` returns that stage's map."""
+    stages = [info["module"] for info in backbone.feature_info]
+    if not -len(stages) <= stage < len(stages):
+        raise ValueError(
+            f"backbone_feature_stage={stage}: timm model {name!r} has {len(stages)} feature stages "
+            f"(0-{len(stages) - 1}: {', '.join(stages)}; negative counts from the end)"
+        )
+    stage %= len(stages)
+    if stage == len(stages) - 1:
+        return
+    if not hasattr(backbone, "prune_intermediate_layers"):
+        raise ValueError(
+            f"backbone_feature_stage={stage}: timm model {name!r} cannot drop its later stages "
+            "(no prune_intermediate_layers); leave backbone_feature_stage unset"
+        )
+    backbone.prune_intermediate_layers(indices=[stage], prune_norm=False, prune_head=True)
+    backbone.kept_feature_stages = stage + 1  # forward_intermediates still lists the pruned stages (as identities)
 
 
 def backbone_features(
@@ -157,7 +185,7 @@ def backbone_features(
     if not output_hidden_states:
         return backbone(pixel_values), None
     final, stages = backbone.forward_intermediates(pixel_values)
-    return final, tuple(stages)
+    return final, tuple(stages[: getattr(backbone, "kept_feature_stages", len(stages))])
 
 
 class InterAUSelfAttention(nn.MultiheadAttention):
@@ -499,8 +527,14 @@ class SEVNetPreTrainedModel(PreTrainedModel):
         """The timm backbone, marked so ``_init_weights`` initialises it as timm does; sets/validates
         ``visual_hidden_size``."""
         backbone = create_backbone(
-            config.backbone, getattr(config, "backbone_output_stride", None), getattr(config, "backbone_kwargs", None)
+            config.backbone,
+            getattr(config, "backbone_output_stride", None),
+            getattr(config, "backbone_kwargs", None),
+            getattr(config, "backbone_feature_stage", None),
         )
+        # One spelling per map: a stage index that keeps the whole backbone (e.g. -1) is stored as None.
+        kept = getattr(backbone, "kept_feature_stages", None)
+        config.backbone_feature_stage = kept - 1 if kept is not None else None
         for module in backbone.modules():
             module._in_backbone = True
         _mark_zero_init_norms(backbone)

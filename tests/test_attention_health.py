@@ -213,3 +213,54 @@ def test_without_timms_zero_started_blocks_the_paper_loss_alone_does_not_collaps
     # zero start gives 1.000 from step 25); over a whole demo training they still collapse later (README).
     cosine, tv = _train_briefly(0.0, minilm, steps=60, backbone_kwargs={"zero_init_last": False})
     assert cosine < 0.5 and tv > 0.3
+
+
+@pytest.mark.parametrize(
+    ("stage", "stored", "channels", "grid"),
+    [(None, None, 512, 2), (-1, None, 512, 2), (3, 3, 256, 4), (-2, 3, 256, 4), (2, 2, 128, 8)],
+)
+def test_backbone_feature_stage_picks_the_map_attention_reads(stage, stored, channels, grid):
+    model = SEVNetForAUDetection(tiny_config(backbone_feature_stage=stage)).eval()
+    model.set_au_text_embeddings(torch.randn(5, 32))
+    assert model.config.backbone_feature_stage == stored  # one spelling per map: the whole backbone is None
+    assert model.config.visual_hidden_size == channels and model.sevnet.au_projection.out_features == channels
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64), output_attentions=True, output_hidden_states=True)
+    assert out.visual_features.shape == (1, channels, grid, grid)
+    assert out.au_attention_maps.shape == (1, 5, grid, grid)
+    # The stage outputs stop at the kept stage (timm leaves the dropped ones in place as identities).
+    assert len(out.vision_hidden_states) == (stored + 1 if stored is not None else 5)
+    torch.testing.assert_close(out.vision_hidden_states[-1], out.visual_features)
+    if stored is not None:
+        assert not any(name.startswith("layer4.") for name in model.sevnet.backbone.state_dict())
+
+
+def test_backbone_feature_stage_rejects_a_stage_the_backbone_lacks():
+    with pytest.raises(
+        ValueError, match=r"resnet18' has 5 feature stages \(0-4: act1, layer1, layer2, layer3, layer4"
+    ):
+        SEVNetForAUDetection(tiny_config(backbone_feature_stage=5))
+    with pytest.raises(ValueError, match="backbone_feature_stage must be an integer"):
+        tiny_config(backbone_feature_stage="layer3")
+
+
+def test_backbone_feature_stage_survives_save_and_load_and_takes_full_backbone_weights(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageClassification
+
+    from sevnet_hf.modeling_sevnet import create_backbone, load_backbone_weights
+
+    model = SEVNetForAUDetection(tiny_config(backbone_feature_stage=3)).eval()
+    model.set_au_text_embeddings(torch.randn(5, 32))
+    # A whole resnet18's weights (what timm or a user's file gives) load into the cut backbone: the kept stages match.
+    torch.manual_seed(1)
+    full = create_backbone("resnet18")
+    save_file(full.state_dict(), str(tmp_path / "resnet18.safetensors"))
+    load_backbone_weights(model.get_backbone(), "resnet18", tmp_path / "resnet18.safetensors")
+    torch.testing.assert_close(model.get_backbone().layer3[1].conv2.weight, full.layer3[1].conv2.weight)
+    model.save_pretrained(tmp_path / "model")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "model").eval()
+    assert loaded.config.backbone_feature_stage == 3 and loaded.config.visual_hidden_size == 256
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).logits, model(images).logits, rtol=0, atol=0)

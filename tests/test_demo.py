@@ -46,7 +46,7 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     # The paper's head by default, the ResNet-18 baseline beside it, and the attention bars measured on test faces.
     assert summary["shared_classifier"] is True
     assert "| ResNet-18 |" in summary["table"] and 0 <= summary["baselines_f1_mean"]["ResNet-18"] <= 100
-    assert summary["attention_map_grid"] == [4, 4]  # 56 px at output stride 16
+    assert summary["attention_map_grid"] == [4, 4]  # 56 px, layer3's stride 16
     assert 0 <= summary["test_map_tv"] <= 1 and summary["test_mass_over_uniform"] > 0
     for path in (summary["training_curve"], summary["attention_figure"], out / "photo_aus.csv"):
         assert Path(path).is_file(), path
@@ -55,6 +55,7 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path, capsys):
     assert model.config.text_hidden_size == 384  # the offline MiniLM sentence encoder
     assert model.config.shared_classifier and not model.config.classifier_per_au_bias
     assert model.config.backbone_output_stride == 16 and model.config.au_diversity_weight == 10.0
+    assert model.config.backbone_feature_stage == 3 and model.config.visual_hidden_size == 256  # resnet18's layer3
     assert model.config.au_projection_bias_init == 0.1 and model.config.backbone_kwargs == {"zero_init_last": False}
     # It leaves what a user needs (model folders, figures, CSV, metrics, the prepared faces) and says how much.
     for run in (out / "train", out / "baseline_resnet"):

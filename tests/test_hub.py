@@ -74,6 +74,9 @@ def test_model_card_describes_the_head_and_departures_from_the_config_with_no_ma
     strict = render_model_card(SEVNetConfig(au_diversity_weight=0.0))
     assert "This is the paper's configuration." in strict and "the paper's loss alone" in strict
     assert "extra backbone arguments" not in strict
+    cut = render_model_card(SEVNetConfig(au_diversity_weight=0.0, backbone_feature_stage=3, visual_hidden_size=256))
+    assert "cut after feature stage 3 (256 channels; the paper reads the last stage)" in cut
+    assert "This is the paper's configuration." not in cut and "`backbone_feature_stage=None`" in cut
     torchvision_start = render_model_card(SEVNetConfig(backbone_kwargs={"zero_init_last": False}))
     assert 'extra backbone arguments `{"zero_init_last": false}`' in torchvision_start
 

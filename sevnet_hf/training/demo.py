@@ -42,12 +42,25 @@ class DemoArguments:
     )
     batch_size: int = field(default=16, metadata={"help": "Images per step."})
     image_size: int = field(
-        default=96, metadata={"help": "Crop size (faces resized to 110 first); 224 is the paper's."}
+        default=128,
+        metadata={
+            "help": "Crop size (faces resized to 256/224 of it first: 146 px for 128); 224 is the paper's. 128 with "
+            "layer3 gives an 8x8 attention map in about the time 96 px took with layer4 (README, Design choices)."
+        },
+    )
+    backbone_feature_stage: int = field(
+        default=3,
+        metadata={
+            "help": "resnet18 stage whose map attention reads: 3 is layer3 (256 channels, stride 16), -1 the last "
+            "(layer4, the paper's). With layer4 the maps sat on the face's edges, whose features see the whole face; "
+            "layer3's see about half as much and the maps land on the AUs' regions (README, Design choices)."
+        },
     )
     backbone_output_stride: int = field(
         default=16,
         metadata={
-            "help": "resnet18's output stride: 16 gives a 6x6 attention map at 96 px (32, resnet18's own, gives 3x3)."
+            "help": "resnet18's output stride: 16 dilates layer4 (with --backbone_feature_stage -1: a 6x6 map at 96 "
+            "px, where resnet18's own 32 gives 3x3); layer3's map is at stride 16 either way."
         },
     )
     shared_classifier: bool = field(
@@ -308,8 +321,7 @@ def run(args: DemoArguments) -> dict:
 
     head = "shared classifier (Eq. 7)" if args.shared_classifier else "one classifier per AU"
     print(
-        f"[2/5] Training SEV-Net (random resnet18 at output stride {args.backbone_output_stride}, {head}, "
-        "offline MiniLM AU text table)",
+        f"[2/5] Training SEV-Net (random resnet18, {_backbone_words(args)}, {head}, offline MiniLM AU text table)",
         flush=True,
     )
     train_args = demo_train_arguments(args, data_dir, out / "train", args.text_encoder or minilm_encoder_path())
@@ -382,6 +394,16 @@ def run(args: DemoArguments) -> dict:
     return summary
 
 
+def _backbone_words(args: DemoArguments) -> str:
+    """Which map the demo's resnet18 gives attention, in words (e.g. "layer3's map, 128 px")."""
+    stages = ("the stem", "layer1", "layer2", "layer3", "layer4")
+    stage = stages[args.backbone_feature_stage] if -len(stages) <= args.backbone_feature_stage < len(stages) else None
+    words = f"{stage}'s map" if stage else f"feature stage {args.backbone_feature_stage}"
+    if stage == "layer4":
+        words += f" at output stride {args.backbone_output_stride}"
+    return f"{words}, {args.image_size} px"
+
+
 def closing_lines(summary: dict, results: dict, args: DemoArguments) -> str:
     """What the demo did, what it found, where its outputs are, and what to run next, in words."""
     head = "the paper's shared classifier" if args.shared_classifier else "one classifier per AU"
@@ -390,9 +412,9 @@ def closing_lines(summary: dict, results: dict, args: DemoArguments) -> str:
     model_dir = summary["model_dir"]
     return "\n".join(
         [
-            f"Done in {summary['seconds']:.0f} s. Trained SEV-Net ({head}, a randomly initialised resnet18 at output "
-            f"stride {args.backbone_output_stride}, the offline MiniLM sentence encoder in place of the paper's "
-            f"BERT-Large) on {images['train']} synthetic cartoon faces of {len(subjects['train'])} subjects.",
+            f"Done in {summary['seconds']:.0f} s. Trained SEV-Net ({head}, a randomly initialised resnet18, "
+            f"{_backbone_words(args)}, the offline MiniLM sentence encoder in place of the paper's BERT-Large) on "
+            f"{images['train']} synthetic cartoon faces of {len(subjects['train'])} subjects.",
             f"On {images['test']} faces of {len(subjects['test'])} unseen subjects: test mean F1 "
             f"{summary['test_f1_mean']:.1f}{baselines}, frequency prior {summary['frequency_prior_f1_mean']:.1f}, "
             f"always present {summary['all_present_f1_mean']:.1f}. AU maps differ by TV {summary['test_map_tv']:.2f}; "
@@ -453,6 +475,7 @@ def demo_train_arguments(args: DemoArguments, data_dir: Path, output_dir: Path, 
         config_overrides=json.dumps(
             {
                 "backbone_output_stride": args.backbone_output_stride,
+                "backbone_feature_stage": args.backbone_feature_stage,
                 "classifier_per_au_bias": args.per_au_bias,
                 "shared_classifier": args.shared_classifier,
                 "au_diversity_weight": args.au_diversity_weight,
