@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -264,3 +267,27 @@ def test_backbone_feature_stage_survives_save_and_load_and_takes_full_backbone_w
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images).logits, model(images).logits, rtol=0, atol=0)
+
+
+def test_a_cut_backbone_loads_by_remote_code_without_the_package(tmp_path):
+    model = SEVNetForAUDetection(tiny_config(backbone_feature_stage=3)).eval()
+    model.set_au_text_embeddings(torch.randn(5, 32))
+    model.save_pretrained(tmp_path / "model")
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.save({"x": images, "logits": model(images).logits}, tmp_path / "ref.pt")
+    script = f"""
+import sys
+sys.modules["sevnet_hf"] = None  # the package must not be importable
+import torch
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+ref = torch.load({str(tmp_path / "ref.pt")!r})
+assert model.config.backbone_feature_stage == 3 and model.sevnet.backbone.num_features == 256
+with torch.no_grad():
+    print("MAXDIFF", float((model(ref["x"]).logits - ref["logits"]).abs().max()))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MAXDIFF 0.0" in result.stdout
