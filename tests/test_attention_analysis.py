@@ -1,5 +1,5 @@
 """feature_locality: the per-cell linear probes tell features that hold an AU in its region from features that hold
-it everywhere."""
+it everywhere; receptive_field: how much of the face each map cell sees."""
 
 from types import SimpleNamespace
 
@@ -62,3 +62,21 @@ def test_feature_locality_names_a_missing_column_and_an_empty_set(quadrant_faces
         feature_locality(QuadrantFeatures(), processor, dataset.remove_columns("au_regions"), columns)
     with pytest.raises(ValueError, match="empty"):
         feature_locality(QuadrantFeatures(), processor, dataset.select([]), columns)
+
+
+def test_receptive_field_of_a_patch_encoder_is_its_own_cell_and_layer3_sees_less_than_layer4():
+    from sevnet_hf.modeling_sevnet import create_backbone
+    from sevnet_hf.training.attention_analysis import receptive_field
+
+    torch.manual_seed(0)
+    patches = torch.nn.Conv2d(3, 4, kernel_size=16, stride=16).train()
+    local = receptive_field(patches, torch.rand(2, 3, 64, 64))
+    assert local["grid"] == [4, 4] and local["crop"] == 64 and local["uniform_own_cell"] == 1 / 16
+    assert local["own_cell"] == pytest.approx(1.0) and local["edge_own_cell"] == pytest.approx(1.0)
+    assert local["radius_50"] < 8  # half of a 16 px cell's weight lies within its inner part
+    assert patches.training  # the mode it came in with
+    images = torch.rand(2, 3, 96, 96)
+    whole = receptive_field(create_backbone("resnet18", 16, {"zero_init_last": False}), images)
+    cut = receptive_field(create_backbone("resnet18", 16, {"zero_init_last": False}, feature_stage=3), images)
+    assert whole["grid"] == cut["grid"] == [6, 6]
+    assert cut["radius_50"] < whole["radius_50"] and cut["own_cell"] > whole["own_cell"] > whole["uniform_own_cell"]

@@ -181,6 +181,64 @@ def feature_locality(
     return summary
 
 
+def receptive_field(backbone: torch.nn.Module, pixel_values: torch.Tensor) -> dict:
+    """How much of the face each cell of the visual map sees: its effective receptive field (ERF).
+
+    For every cell, the gradient of the sum of its features with respect to the input pixels (absolute, summed over
+    colour channels, averaged over the images of ``pixel_values``) is the ERF's weight map. Per cell: ``own_cell``,
+    the share of that weight inside the cell's own patch of pixels (a cell that sees only its patch: 1.0); and
+    ``radius_50``, the Chebyshev distance in pixels from the cell's centre within which half of the weight lies (in
+    units of the crop: a ``radius_50`` of half the crop sees the whole face). Summary over all cells and over the
+    cells of the map's outer ring (``edge``), whose weight zero padding pushes inward. ``backbone(pixel_values)``
+    must return the B x C x h x w map (``get_backbone()`` of a model).
+    """
+    was_training = backbone.training
+    backbone.eval()
+    pixels = pixel_values.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        features = backbone(pixels)
+        height, width = features.shape[-2:]
+        side = pixels.shape[-1]
+        cell_h, cell_w = pixels.shape[-2] / height, side / width
+        ys, xs = np.mgrid[0 : pixels.shape[-2], 0:side] + 0.5
+        cells = {}
+        for row in range(height):
+            for column in range(width):
+                (grad,) = torch.autograd.grad(features[:, :, row, column].sum(), pixels, retain_graph=True)
+                weight = grad.abs().sum(1).mean(0).numpy()
+                weight = weight / max(float(weight.sum()), 1e-30)
+                distance = np.maximum(
+                    np.abs(ys - (row + 0.5) * cell_h) / cell_h * cell_w, np.abs(xs - (column + 0.5) * cell_w)
+                )
+                inside = (np.abs(ys - (row + 0.5) * cell_h) <= cell_h / 2) & (
+                    np.abs(xs - (column + 0.5) * cell_w) <= cell_w / 2
+                )
+                order = np.argsort(distance.ravel())
+                half = np.searchsorted(np.cumsum(weight.ravel()[order]), 0.5)
+                cells[(row, column)] = {
+                    "own_cell": float(weight[inside].sum()),
+                    "radius_50": float(distance.ravel()[order][min(half, order.size - 1)]),
+                }
+    backbone.train(was_training)
+
+    def mean(key, keep=lambda cell: True):
+        values = [v[key] for cell, v in cells.items() if keep(cell)]
+        return float(np.mean(values)) if values else float("nan")
+
+    def on_edge(cell):
+        return cell[0] in (0, height - 1) or cell[1] in (0, width - 1)
+
+    return {
+        "grid": [int(height), int(width)],
+        "crop": int(side),
+        "own_cell": mean("own_cell"),
+        "radius_50": mean("radius_50"),
+        "edge_own_cell": mean("own_cell", on_edge),
+        "edge_radius_50": mean("radius_50", on_edge),
+        "uniform_own_cell": 1.0 / (height * width),
+    }
+
+
 def side_by_side_attention(models: dict, processor, faces: list[np.ndarray], path: Path) -> Path:
     """One block per face: a row of per-AU attention heat maps for each model (the paper's Fig. 4)."""
     from PIL import Image
