@@ -37,7 +37,7 @@ def measure_run(run_dir: Path, dataset: Path, faces: int) -> dict:
     torch.manual_seed(0)
     untrained = type(model)(model.config).get_backbone()
     return {
-        "run": run_dir.name,
+        "run": f"{run_dir.parent.name}/{run_dir.name}",
         "trained": receptive_field(model.get_backbone(), pixels),
         "random_start": receptive_field(untrained, pixels),
     }
