@@ -112,7 +112,7 @@ class DemoArguments:
     mixed_precision: str = field(
         default="auto",
         metadata={
-            "help": "no | bf16 | fp16 | auto: bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX: 1.45x "
+            "help": "no | bf16 | fp16 | auto: bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX: 1.68x "
             "fp32's training step here, benchmarks/demo_precision.py), train's choice on a GPU, else no."
         },
     )
