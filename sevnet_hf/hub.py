@@ -180,9 +180,9 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
             f"- {', '.join(zero_shot)} {'were' if len(zero_shot) > 1 else 'was'} added after training from "
             f"{'their descriptions' if len(zero_shot) > 1 else 'its description'} alone (`add_aus`, zero-shot): "
             "never trained on, and not in the results table. Not measured for this model; `sevnet-hf zeroshot` on "
-            "the synthetic demo set (AU2, AU7, AU26 held out, 2 seeds) found mean ROC-AUC 0.78 from their own "
-            "descriptions, 0.67 from shuffled ones and 0.81 from a description of the ears and scalp: an added AU's "
-            "score follows how expressive the face is at least as much as its text (README)."
+            "the synthetic demo set (AU2, AU7, AU26 held out, 2 seeds, layer3 recipe) found mean ROC-AUC 0.78 from "
+            "their own descriptions, 0.67 from shuffled ones and 0.77 from a description of the ears and scalp: an "
+            "added AU's score follows how expressive the face is nearly as much as its text (README)."
         )
     if str(source).lower() == "bp4dplus":
         extra.append(
