@@ -31,7 +31,7 @@ class SEVNetConfig(PretrainedConfig):
             Which stage of the backbone gives V: an index into timm's `feature_info` (negative counts from the end);
             the later stages are dropped (timm's `prune_intermediate_layers`; pretrained weights of the kept stages
             load as before). `None` keeps the whole backbone (the paper: resnet18's last stage, 512 channels). 3 on
-            resnet18 is `layer3`: 256 channels at stride 16, each location seeing about half as much of the face.
+            resnet18 is `layer3`: 256 channels at stride 16, each location seeing less of the face.
             Measured on the synthetic set (random resnet18; README, Design choices): with `layer4` most AUs' maps sat
             on the map's edges, each cell's features seeing a third of the crop (attention mass in the AU's region
             1.19-2.13x a uniform map's over three seeds at 96 px, 0.90x at 128 px); with `layer3` at 128 px

@@ -84,11 +84,15 @@ def test_demo_recipe_defaults_and_their_switches(tmp_path):
     assert recipe.random_crop is False
     assert overrides["backbone_kwargs"] == {"zero_init_last": False}
     assert overrides["au_projection_bias_init"] == 0.1
-    switched = DemoArguments(random_crop=True, zero_init_last=True, au_projection_bias_init=1.0)
+    assert overrides["backbone_feature_stage"] == 3 and recipe.image_size == 128  # layer3's 8x8 map
+    switched = DemoArguments(
+        random_crop=True, zero_init_last=True, au_projection_bias_init=1.0, backbone_feature_stage=-1, image_size=96
+    )
     recipe = demo_train_arguments(switched, tmp_path / "data", tmp_path / "train", "minilm")
     overrides = json.loads(recipe.config_overrides)
     assert recipe.random_crop is True and overrides["backbone_kwargs"] is None
     assert overrides["au_projection_bias_init"] == 1.0
+    assert overrides["backbone_feature_stage"] == -1 and recipe.image_size == 96  # layer4's recipe back
 
 
 def test_demo_mixed_precision_auto_takes_bf16_only_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):

@@ -187,8 +187,8 @@ def receptive_field(backbone: torch.nn.Module, pixel_values: torch.Tensor) -> di
     For every cell, the gradient of the sum of its features with respect to the input pixels (absolute, summed over
     colour channels, averaged over the images of ``pixel_values``) is the ERF's weight map. Per cell: ``own_cell``,
     the share of that weight inside the cell's own patch of pixels (a cell that sees only its patch: 1.0); and
-    ``radius_50``, the Chebyshev distance in pixels from the cell's centre within which half of the weight lies (in
-    units of the crop: a ``radius_50`` of half the crop sees the whole face). Summary over all cells and over the
+    ``radius_50``, the Chebyshev distance in pixels from the cell's centre within which half of the weight lies (half
+    the crop's side: the cell sees the whole face). Summary over all cells and over the
     cells of the map's outer ring (``edge``), whose weight zero padding pushes inward. ``backbone(pixel_values)``
     must return the B x C x h x w map (``get_backbone()`` of a model).
     """
