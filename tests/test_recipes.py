@@ -23,6 +23,7 @@ def test_paper_strict_recipe_holds_every_setting_the_paper_states():
     config = SEVNetConfig(**json.loads(args.config_overrides))
     assert config.shared_classifier and not config.classifier_per_au_bias
     assert config.backbone_output_stride is None and config.au_diversity_weight == 0.0
+    assert config.backbone_feature_stage is None  # V from resnet18's last stage
     assert config.backbone_kwargs == {"zero_init_last": False}  # torchvision's random ResNet-18, not timm's
     assert (config.inter_au_num_layers, config.inter_au_hidden_size, config.inter_au_num_heads) == (2, 768, 6)
     assert config.inter_au_intermediate_size == 1024 and config.text_hidden_size == 1024
