@@ -169,7 +169,7 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
             "CPU steps, 3 seeds, the paper's shared head, diversity weight 10): reading resnet18's last stage "
             "(layer4, 96 px, 6x6) the AU maps differ (mean TV 0.87) but sit only 1.19-2.13x as much inside the AUs' "
             "regions as a uniform map (each cell's features see a third of the face); cut after layer3 at 128 px "
-            "(8x8, `backbone_feature_stage=3`, the demo's) 1.92-3.14x, mean 2.37x (benchmarks/receptive_field.py). "
+            "(8x8, `backbone_feature_stage=3`, the demo's) 1.92-3.14x, mean 2.37x (why: benchmarks/receptive_field.py). "
             "Mean F1 against a ResNet-18 baseline with the same backbone: 59.6 vs 59.4 with layer3 (ROC-AUC 0.805 vs "
             "0.817), 62.0 vs 56.4 with layer4. Without the diversity term the maps collapse. No run on BP4D, DISFA "
             "or BP4D+ has been made with this package yet."
