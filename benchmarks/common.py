@@ -47,6 +47,25 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def add_run_arguments(parser) -> None:
+    """``--dataset``, ``--workdir`` and ``--runs``: the trained models a script that reads ``attention_benchmark.py``'s
+    runs analyses (:func:`finished_runs` resolves them)."""
+    parser.add_argument("--dataset", default="outputs/demo/data")
+    parser.add_argument("--workdir", default="outputs/attention_benchmark")
+    parser.add_argument("--runs", default=None, help="comma-separated training folders (default: --workdir's runs)")
+
+
+def finished_runs(parser, args) -> list[Path]:
+    """The folders given with ``--runs``, else ``--workdir``'s finished ``*_seed*`` runs; a parser error if none."""
+    if args.runs:
+        runs = [Path(r) for r in args.runs.split(",")]
+    else:
+        runs = sorted(p for p in Path(args.workdir).glob("*_seed*") if (p / "model" / "config.json").is_file())
+    if not runs:
+        parser.error(f"no finished runs under {args.workdir} (run attention_benchmark.py first, or give --runs)")
+    return runs
+
+
 def write_json(name: str, data: dict) -> Path:
     from sevnet_hf.atomic_io import write_json_atomic
 

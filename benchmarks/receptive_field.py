@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_runs  # noqa: E402
+from common import add_run_arguments, finished_runs, write_runs  # noqa: E402
 
 
 def measure_run(run_dir: Path, dataset: Path, faces: int) -> dict:
@@ -61,18 +61,11 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="outputs/demo/data")
-    parser.add_argument("--workdir", default="outputs/attention_benchmark")
-    parser.add_argument("--runs", default=None, help="comma-separated training folders (default: --workdir's runs)")
+    add_run_arguments(parser)
     parser.add_argument("--faces", type=int, default=32, help="test faces the gradients are averaged over")
     parser.add_argument("--name", default="receptive_field", help="JSON file name (no .json) under benchmarks/results")
     args = parser.parse_args(argv)
-    if args.runs:
-        runs = [Path(r) for r in args.runs.split(",")]
-    else:
-        runs = sorted(p for p in Path(args.workdir).glob("*_seed*") if (p / "model" / "config.json").is_file())
-    if not runs:
-        parser.error(f"no finished runs under {args.workdir} (run attention_benchmark.py first, or give --runs)")
+    runs = finished_runs(parser, args)
     rows = []
     for run_dir in runs:
         rows.append(measure_run(run_dir, Path(args.dataset), args.faces))
