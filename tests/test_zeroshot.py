@@ -4,10 +4,12 @@ protocol end to end on a tiny set, and its metric and controls."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sevnet_hf import SEVNetForAUDetection
 from tests.conftest import tiny_config
@@ -94,6 +96,26 @@ def test_detector_scores_added_aus(tiny_model_dir, tiny_text_encoder_dir, tmp_pa
     assert list(detector.au_labels[-2:]) == ["AU5", "AU26"] and len(detector.thresholds) == 7
 
 
+def test_detect_command_names_the_trained_au_each_added_au_lands_near(
+    tiny_model_dir, tiny_text_encoder_dir, tmp_path, capsys
+):
+    from skimage import data
+
+    from sevnet_hf.inference import detect as detect_module
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    file = tmp_path / "new.json"
+    file.write_text(json.dumps(NEW))
+    out = tmp_path / "aus.csv"
+    argv = [str(photo), "--model", str(tiny_model_dir), "--output", str(out), "--progress", "false"]
+    assert detect_module.main([*argv, "--add_aus", str(file), "--text_encoder", tiny_text_encoder_dir]) == 0
+    note = next(line for line in capsys.readouterr().err.splitlines() if "landed nearest" in line)
+    assert re.search(r"AU5 -> AU(1|2|4|6|12) -?[01]\.\d\d, AU26 -> AU(1|2|4|6|12) -?[01]\.\d\d", note), note
+    header = out.read_text().splitlines()[0]
+    assert "AU5_prob" in header and "AU26_prob" in header
+
+
 def test_roc_auc_matches_the_rank_statistic():
     from sklearn.metrics import roc_auc_score
 
@@ -112,16 +134,99 @@ def test_controls_give_held_out_aus_other_texts():
     from sevnet_hf.training.zeroshot import control_descriptions
 
     texts = {"AU2": "brow", "AU7": "eye", "AU26": "jaw", "AU1": "inner brow"}
-    controls = control_descriptions(["AU2", "AU7", "AU26"], texts, ["AU1"], "ears")
+    unrelated = {"ears": "the ears", "neck": "the neck"}
+    controls = control_descriptions(["AU2", "AU7", "AU26"], texts, ["AU1"], unrelated)
+    assert list(controls) == ["descriptions", "shuffled", "unrelated:ears", "unrelated:neck"]
     assert controls["descriptions"] == {"AU2": "brow", "AU7": "eye", "AU26": "jaw"}
     assert controls["shuffled"] == {"AU2": "eye", "AU7": "jaw", "AU26": "brow"}
-    assert set(controls["unrelated"].values()) == {"ears"}
-    assert control_descriptions(["AU2"], texts, ["AU1"], "ears")["shuffled"] == {"AU2": "inner brow"}
+    assert controls["unrelated:ears"] == {"AU2": "the ears", "AU7": "the ears", "AU26": "the ears"}
+    assert set(controls["unrelated:neck"].values()) == {"the neck"}
+    assert control_descriptions(["AU2"], texts, ["AU1"], unrelated)["shuffled"] == {"AU2": "inner brow"}
+
+
+def test_unrelated_texts_come_from_the_set_a_file_or_one_text(tmp_path):
+    from sevnet_hf.training.zeroshot import UNRELATED_DESCRIPTIONS, ZeroShotArguments, unrelated_texts
+
+    assert unrelated_texts(ZeroShotArguments()) == UNRELATED_DESCRIPTIONS
+    assert unrelated_texts(ZeroShotArguments(unrelated_description="the ears")) == {"custom": "the ears"}
+    file = tmp_path / "controls.json"
+    file.write_text(json.dumps({"_about": "comment", "ears": "the ears", "sky": "the sky"}))
+    assert unrelated_texts(ZeroShotArguments(unrelated_descriptions=str(file))) == {
+        "ears": "the ears",
+        "sky": "the sky",
+    }
+    file.write_text(json.dumps({"ears": "the ears", "empty": "  "}))
+    with pytest.raises(ValueError, match=r"controls.json.*\['empty'\]"):
+        unrelated_texts(ZeroShotArguments(unrelated_descriptions=str(file)))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        unrelated_texts(ZeroShotArguments(unrelated_descriptions=str(tmp_path / "missing.json")))
+
+
+def test_summary_averages_the_control_texts_and_reads_the_margins():
+    from sevnet_hf.training.zeroshot import summary_table
+
+    def scores(auc, nearest=None):
+        row = {"roc_auc": auc, "f1_at_0.5": 50.0, "f1_at_base_rate": 50.0, "f1_frequency_prior": 10.0}
+        if nearest:
+            row.update(nearest_trained_au=nearest, nearest_cosine=0.9, nearest_trained_roc_auc=0.6)
+        return row
+
+    def seed(own, shuffled, texts, trained):
+        out = {"descriptions": {"AU2": scores(own[0], "AU1"), "AU26": scores(own[1], "AU25"), "AU1": scores(trained)}}
+        out["shuffled"] = {"AU2": scores(shuffled, "AU25"), "AU26": scores(shuffled, "AU1")}
+        for name, value in texts.items():
+            out[f"unrelated:{name}"] = {"AU2": scores(value, "AU25"), "AU26": scores(value, "AU25")}
+        out["best_trained"] = {"AU2": {"au": "AU1", "roc_auc": 0.9}, "AU26": {"au": "AU1", "roc_auc": 0.7}}
+        return out
+
+    per_seed = {
+        0: seed((0.8, 0.9), 0.6, {"ears": 0.8, "neck": 0.5}, 0.95),
+        1: seed((0.7, 0.8), 0.5, {"ears": 0.6, "neck": 0.4}, 0.85),
+    }
+    table, headline = summary_table(per_seed, ["AU2", "AU26"])
+    assert headline["descriptions"] == pytest.approx(0.8)
+    assert headline["shuffled"] == pytest.approx(0.55)
+    assert headline["unrelated_per_text"] == pytest.approx({"ears": 0.7, "neck": 0.45})
+    assert headline["unrelated"] == pytest.approx(0.575) and headline["unrelated_max"] == pytest.approx(0.7)
+    assert headline["margin_over_unrelated"] == pytest.approx(0.225)
+    assert headline["margin_over_shuffled"] == pytest.approx(0.25)
+    assert headline["best_trained_reference"] == pytest.approx(0.8) and headline["trained_aus"] == pytest.approx(0.9)
+    assert headline["per_seed"][1] == pytest.approx(
+        {"descriptions": 0.75, "shuffled": 0.5, "unrelated": 0.5, "unrelated_max": 0.6}
+    )
+    assert "AU2     unrelated:neck" in table and "AU1:0.90 AU1:0.90" in table and "AU1     trained" in table
+
+
+def test_text_check_finds_the_au_description_a_control_text_repeats(tiny_text_encoder_dir):
+    from sevnet_hf.text_encoder import load_text_encoder
+    from sevnet_hf.training.zeroshot import text_check
+
+    au_texts = {"AU1": "The inner brows rise.", "AU12": "The lip corners pull up.", "AU26": "The jaw drops."}
+    check = text_check(load_text_encoder(tiny_text_encoder_dir), {"copy": au_texts["AU12"]}, au_texts)
+    assert check["copy"]["nearest_au"] == "AU12" and check["copy"]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= check["au_descriptions_nearest_mean"] < 1.0
+
+
+def test_zero_shot_neighbours_name_the_trained_au_an_added_one_lands_near(tiny_model, tiny_text_encoder_dir):
+    assert tiny_model.zero_shot_neighbours() == {}
+    texts = tiny_model.config.au_descriptions
+    tiny_model.train()
+    tiny_model.add_aus({"AU5": texts["AU4"], "AU26": NEW["AU26"]}, text_encoder=tiny_text_encoder_dir)
+    neighbours = tiny_model.zero_shot_neighbours()
+    assert tiny_model.training and list(neighbours) == ["AU5", "AU26"]  # train mode kept; eval-mode embeddings read
+    assert neighbours["AU5"][0] == "AU4" and neighbours["AU5"][1] > 0.9  # AU4's own text: AU4's embedding
+    assert neighbours["AU26"][0] in tiny_model.config.au_labels[:5] and -1.0 <= neighbours["AU26"][1] <= 1.0
+    tiny_model.eval()
+    with torch.no_grad():
+        embeddings = torch.nn.functional.normalize(tiny_model(images()).au_embeddings, dim=-1)
+    assert neighbours["AU5"][1] == pytest.approx(float(embeddings[5] @ embeddings[2]), abs=1e-5)
+    assert neighbours == tiny_model.zero_shot_neighbours()  # twice the same (no dropout in the reading)
 
 
 @pytest.mark.slow
 def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_dir, capsys):
     from sevnet_hf.cli import main
+    from sevnet_hf.training.zeroshot import UNRELATED_DESCRIPTIONS
 
     out = tmp_path / "zs"
     argv = ["zeroshot", "--output_dir", str(out), "--preset", "quick", "--epochs", "1", "--max_steps_per_epoch", "3"]
@@ -132,11 +237,24 @@ def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_d
     assert "AU2     descriptions" in printed and "AU1     trained" in printed  # held-out and trained AUs printed
     summary = json.loads((out / "zeroshot.json").read_text())
     assert summary["holdout_aus"] == ["AU2", "AU26"]
-    for condition in ("descriptions", "shuffled", "unrelated"):
+    trained = json.loads((out / "train_seed0" / "model" / "config.json").read_text())
+    conditions = ["descriptions", "shuffled", *(f"unrelated:{name}" for name in UNRELATED_DESCRIPTIONS)]
+    assert [c for c in summary["per_seed"]["0"] if c != "best_trained"] == conditions
+    for condition in conditions:
         for au in ("AU2", "AU26"):
             scores = summary["per_seed"]["0"][condition][au]
             assert 0.0 <= scores["roc_auc"] <= 1.0 and 0.0 <= scores["base_rate"] <= 1.0
-    trained = json.loads((out / "train_seed0" / "model" / "config.json").read_text())
+            assert scores["nearest_trained_au"] in trained["id2label"].values()
+            assert -1.0 <= scores["nearest_cosine"] <= 1.0 + 1e-6 and 0.0 <= scores["nearest_trained_roc_auc"] <= 1.0
+    for au in ("AU2", "AU26"):  # the best trained AU's logit is at least the nearest one's, in every condition
+        best = summary["per_seed"]["0"]["best_trained"][au]
+        assert best["au"] in trained["id2label"].values()
+        for condition in conditions:
+            assert best["roc_auc"] >= summary["per_seed"]["0"][condition][au]["nearest_trained_roc_auc"] - 1e-12
+    headline = summary["headline_mean_roc_auc"]
+    assert set(headline["unrelated_per_text"]) == set(UNRELATED_DESCRIPTIONS)
+    assert headline["unrelated_max"] >= headline["unrelated"]
+    assert summary["text_check"]["ears_scalp"]["nearest_au"] in summary["per_seed"]["0"]["descriptions"]
     assert "AU2" not in trained["id2label"].values() and "AU26" not in trained["id2label"].values()
     assert "AU1" in summary["per_seed"]["0"]["descriptions"]  # trained AUs are reported too
 
@@ -147,8 +265,30 @@ def test_shipped_descriptions_name_an_area_and_a_motion():
     numbers = [*range(1, 29), 43]
     texts = load_au_descriptions([n for n in numbers if n not in (3, 8, 19, 21)])
     areas = ("brow", "eye", "lid", "cheek", "nose", "lip", "mouth", "chin", "jaw", "teeth", "face")
-    motions = ("pull", "lift", "raise", "rise", "lower", "press", "push", "tighten", "open", "close", "drop", "part",
-               "suck", "stretch", "pucker", "deepen", "wrinkle", "move", "widen", "narrow", "separate", "lowered")
+    motions = (
+        "pull",
+        "lift",
+        "raise",
+        "rise",
+        "lower",
+        "press",
+        "push",
+        "tighten",
+        "open",
+        "close",
+        "drop",
+        "part",
+        "suck",
+        "stretch",
+        "pucker",
+        "deepen",
+        "wrinkle",
+        "move",
+        "widen",
+        "narrow",
+        "separate",
+        "lowered",
+    )
     for label, text in texts.items():
         lowered = text.lower()
         assert any(a in lowered for a in areas), f"{label} names no facial area: {text}"

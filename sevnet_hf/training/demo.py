@@ -174,14 +174,21 @@ def load_trained(model_dir: Path):
 
 def predict_probabilities(model, processor, faces, batch: int = 64):
     """AU probabilities (faces x AUs, numpy) of aligned PIL ``faces`` through the model's own image processor."""
+    return predict_probabilities_of_models({"model": model}, processor, faces, batch)["model"]
+
+
+def predict_probabilities_of_models(models: dict, processor, faces, batch: int = 64) -> dict:
+    """``{name: probabilities (faces x AUs)}`` for several models that share ``processor``, in one pass over the
+    faces: each batch is decoded and preprocessed once."""
     import torch
 
-    probabilities = []
+    probabilities = {name: [] for name in models}
     with torch.no_grad():
         for start in range(0, len(faces), batch):
             pixels = processor([np.asarray(face.convert("RGB")) for face in faces[start : start + batch]])
-            probabilities.append(torch.sigmoid(model(**pixels).logits).numpy())
-    return np.concatenate(probabilities)
+            for name, model in models.items():
+                probabilities[name].append(torch.sigmoid(model(**pixels).logits).numpy())
+    return {name: np.concatenate(parts) for name, parts in probabilities.items()}
 
 
 def _attention_figure(model, processor, test, au_columns: list[str], path: Path, count: int = 3) -> None:
