@@ -179,10 +179,12 @@ def render_model_card(config, results: dict | None = None, repo_id: str = "PATH_
         extra.append(
             f"- {', '.join(zero_shot)} {'were' if len(zero_shot) > 1 else 'was'} added after training from "
             f"{'their descriptions' if len(zero_shot) > 1 else 'its description'} alone (`add_aus`, zero-shot): "
-            "never trained on, and not in the results table. Not measured for this model; `sevnet-hf zeroshot` on "
-            "the synthetic demo set (AU2, AU7, AU26 held out, 2 seeds, layer3 recipe) found mean ROC-AUC 0.78 from "
-            "their own descriptions, 0.67 from shuffled ones and 0.77 from a description of the ears and scalp: an "
-            "added AU's score follows how expressive the face is nearly as much as its text (README)."
+            "never trained on, and not in the results table. Not measured for this model; on the synthetic demo set "
+            "(`sevnet-hf zeroshot`, AU2, AU7, AU26 held out, 3 seeds, layer3 recipe) the held-out AUs scored mean "
+            "ROC-AUC 0.78 from their own descriptions, 0.66 from another held-out AU's and 0.69 from descriptions of "
+            "places no AU moves (0.78 from the two about the ears). An added AU is read through the map of the "
+            "trained AU its embedding lands nearest (`model.zero_shot_neighbours()`): it detects what that AU's "
+            "detector detects, and nothing where no trained AU looks (brow AUs held out together: 0.50; README)."
         )
     if str(source).lower() == "bp4dplus":
         extra.append(
