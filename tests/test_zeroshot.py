@@ -162,6 +162,17 @@ def test_unrelated_texts_come_from_the_set_a_file_or_one_text(tmp_path):
         unrelated_texts(ZeroShotArguments(unrelated_descriptions=str(tmp_path / "missing.json")))
 
 
+def test_zeroshot_command_stops_on_a_bad_control_file_before_making_anything(tmp_path):
+    from sevnet_hf.training.zeroshot import main
+
+    bad = tmp_path / "controls.json"
+    bad.write_text("{not json")
+    out = tmp_path / "zs"
+    with pytest.raises(SystemExit, match=r"--unrelated_descriptions: .*controls.json.*line 1"):
+        main(["--output_dir", str(out), "--unrelated_descriptions", str(bad), "--preset", "quick"])
+    assert not (out / "data").exists()
+
+
 def test_summary_averages_the_control_texts_and_reads_the_margins():
     from sevnet_hf.training.zeroshot import summary_table
 

@@ -294,7 +294,10 @@ def run(args: ZeroShotArguments) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     holdout_numbers = [parse_au(a) for a in args.holdout_aus.split(",") if a.strip()]
     holdout = [au_label(n) for n in holdout_numbers]
-    unrelated = unrelated_texts(args)
+    try:
+        unrelated = unrelated_texts(args)
+    except (OSError, ValueError) as error:  # before any data is made or model trained
+        raise SystemExit(f"sevnet-hf zeroshot: --unrelated_descriptions: {error}") from None
     data_dir = Path(args.dataset) if args.dataset else out / "data"
     if not args.dataset:
         make_synthetic_data(data_dir, args)
