@@ -1357,7 +1357,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = ResultWriter(output, fmt, detector.au_labels, resume=args.resume, overwrite=args.overwrite)
     except (ModelLoadError, OutputError, ValueError) as error:  # ValueError: --device, --batch_size, thresholds
         return _usage_error(str(error))
-    if args.add_aus is not None:
+    if args.add_aus is not None and hasattr(detector.model, "zero_shot_neighbours"):  # (older remote code: no note)
         print(_zero_shot_note(detector.model), file=sys.stderr)
     want_attention = args.save_attention is not None
     problems: list[str] = []
@@ -1413,7 +1413,8 @@ def _command_detector(args: DetectArguments) -> AUDetector:
 def _zero_shot_note(model) -> str:
     """Which trained AU each added AU's embedding landed nearest: with a cosine near 1 the added AU is scored through
     that trained AU's map, i.e. by its detector (README, zero-shot)."""
-    pairs = ", ".join(f"{added} -> {trained} {cosine:.2f}" for added, (trained, cosine) in model.zero_shot_neighbours().items())
+    neighbours = model.zero_shot_neighbours()
+    pairs = ", ".join(f"{added} -> {trained} {cosine:.2f}" for added, (trained, cosine) in neighbours.items())
     return (
         f"sevnet-hf detect: added AUs, each with the trained AU whose embedding it landed nearest (cosine): {pairs}; "
         "near 1, the added AU is read through that trained AU's attention map"
