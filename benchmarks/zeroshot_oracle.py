@@ -59,7 +59,7 @@ def fit_embedding(model, visual, labels: np.ndarray, start: torch.Tensor, steps:
 
 
 def measure_run(run_dir: Path, dataset, holdout: list[str], starts: int, steps: int) -> dict:
-    from sevnet_hf.training.demo import load_trained
+    from sevnet_hf.training.demo import load_trained, subjects_part
     from sevnet_hf.training.zeroshot import roc_auc
 
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
@@ -68,8 +68,7 @@ def measure_run(run_dir: Path, dataset, holdout: list[str], starts: int, steps: 
         parameter.requires_grad_(False)
     parts = {}
     for split in ("train", "test"):
-        subjects = set(results["subjects"][split])
-        part = dataset.select([i for i, s in enumerate(dataset["subject"]) if s in subjects])
+        part = subjects_part(dataset, results["subjects"][split])
         parts[split] = (part, visual_maps(model, processor, part))
     with torch.no_grad():
         trained = model.sevnet.compute_au_embeddings()

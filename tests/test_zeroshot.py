@@ -276,30 +276,8 @@ def test_shipped_descriptions_name_an_area_and_a_motion():
     numbers = [*range(1, 29), 43]
     texts = load_au_descriptions([n for n in numbers if n not in (3, 8, 19, 21)])
     areas = ("brow", "eye", "lid", "cheek", "nose", "lip", "mouth", "chin", "jaw", "teeth", "face")
-    motions = (
-        "pull",
-        "lift",
-        "raise",
-        "rise",
-        "lower",
-        "press",
-        "push",
-        "tighten",
-        "open",
-        "close",
-        "drop",
-        "part",
-        "suck",
-        "stretch",
-        "pucker",
-        "deepen",
-        "wrinkle",
-        "move",
-        "widen",
-        "narrow",
-        "separate",
-        "lowered",
-    )
+    motions = ("pull", "lift", "raise", "rise", "lower", "press", "push", "tighten", "open", "close", "drop", "part",
+               "suck", "stretch", "pucker", "deepen", "wrinkle", "move", "widen", "narrow", "separate", "lowered")
     for label, text in texts.items():
         lowered = text.lower()
         assert any(a in lowered for a in areas), f"{label} names no facial area: {text}"

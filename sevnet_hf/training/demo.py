@@ -217,12 +217,16 @@ def _attention_figure(model, processor, test, au_columns: list[str], path: Path,
         save_atomic(path, Image.fromarray(canvas).save)
 
 
+def subjects_part(dataset, subjects):
+    """The rows of ``dataset`` whose subject is in ``subjects``, in dataset order."""
+    subjects = set(subjects)
+    return dataset.select([i for i, s in enumerate(dataset["subject"]) if s in subjects])
+
+
 def _test_part(data_dir: Path, results: dict):
     from ..data.schema import load_prepared
 
-    dataset = load_prepared(data_dir)
-    test_subjects = set(results["subjects"]["test"])
-    return dataset.select([i for i, s in enumerate(dataset["subject"]) if s in test_subjects])
+    return subjects_part(load_prepared(data_dir), results["subjects"]["test"])
 
 
 def _attention_on_test(model, processor, test, au_columns: list[str], aligned_size: int, faces: int = 384) -> dict:

@@ -287,7 +287,7 @@ def run(args: ZeroShotArguments) -> dict:
     from ..data.schema import load_prepared, read_metadata
     from ..offline_assets import minilm_encoder_path
     from ..text_encoder import load_text_encoder
-    from .demo import _test_part, _train_or_reuse, demo_train_arguments, make_synthetic_data
+    from .demo import _train_or_reuse, demo_train_arguments, make_synthetic_data, subjects_part
 
     started = time.perf_counter()
     out = Path(args.output_dir)
@@ -323,10 +323,9 @@ def run(args: ZeroShotArguments) -> dict:
             f"[seed {seed}] training on {len(columns) - len(holdout)} AUs (held out: {', '.join(holdout)})", flush=True
         )
         results, _ = _train_or_reuse(train_args)
-        train_subjects = set(results["subjects"]["train"])
-        train_rows = [i for i, s in enumerate(dataset["subject"]) if s in train_subjects]
-        train_labels = {au: np.asarray(dataset.select(train_rows)[au], dtype=float) for au in columns}
-        test = _test_part(data_dir, results)
+        train = subjects_part(dataset, results["subjects"]["train"])
+        train_labels = {au: np.asarray(train[au], dtype=float) for au in columns}
+        test = subjects_part(dataset, results["subjects"]["test"])
         print(
             f"[seed {seed}] testing {len(test)} faces of unseen subjects: own, shuffled and {len(unrelated)} unrelated "
             "texts",
