@@ -206,6 +206,15 @@ def test_summary_averages_the_control_texts_and_reads_the_margins():
         {"descriptions": 0.75, "shuffled": 0.5, "unrelated": 0.5, "unrelated_max": 0.6}
     )
     assert "AU2     unrelated:neck" in table and "AU1:0.90 AU1:0.90" in table and "AU1     trained" in table
+    assert "supervised_reference" not in headline and "trained on its labels" not in table  # only when trained
+
+    per_seed[0]["supervised"] = {"AU2": scores(0.95), "AU26": scores(0.85)}
+    per_seed[1]["supervised"] = {"AU2": scores(0.75), "AU26": scores(0.65)}
+    table, headline = summary_table(per_seed, ["AU2", "AU26"])
+    assert headline["supervised_reference"] == pytest.approx(0.8)
+    assert headline["per_seed"][0]["supervised"] == pytest.approx(0.9)
+    assert headline["descriptions"] == pytest.approx(0.8)  # the conditions' figures do not change
+    assert "AU26    trained on its labels       0.750" in table
 
 
 def test_text_check_finds_the_au_description_a_control_text_repeats(tiny_text_encoder_dir):
@@ -236,13 +245,17 @@ def test_zero_shot_neighbours_name_the_trained_au_an_added_one_lands_near(tiny_m
 
 @pytest.mark.slow
 def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_dir, capsys):
+    from sklearn.metrics import roc_auc_score
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
     from sevnet_hf.cli import main
-    from sevnet_hf.training.zeroshot import UNRELATED_DESCRIPTIONS
+    from sevnet_hf.data.schema import load_prepared
+    from sevnet_hf.training.zeroshot import REFERENCES, UNRELATED_DESCRIPTIONS
 
     out = tmp_path / "zs"
     argv = ["zeroshot", "--output_dir", str(out), "--preset", "quick", "--epochs", "1", "--max_steps_per_epoch", "3"]
     argv += ["--seeds", "0", "--holdout_aus", "2,26", "--text_encoder", tiny_text_encoder_dir, "--progress", "false"]
-    argv += ["--image_size", "64"]
+    argv += ["--image_size", "64", "--supervised_reference", "true"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "AU2     descriptions" in printed and "AU1     trained" in printed  # held-out and trained AUs printed
@@ -250,7 +263,7 @@ def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_d
     assert summary["holdout_aus"] == ["AU2", "AU26"]
     trained = json.loads((out / "train_seed0" / "model" / "config.json").read_text())
     conditions = ["descriptions", "shuffled", *(f"unrelated:{name}" for name in UNRELATED_DESCRIPTIONS)]
-    assert [c for c in summary["per_seed"]["0"] if c != "best_trained"] == conditions
+    assert [c for c in summary["per_seed"]["0"] if c not in REFERENCES] == conditions
     for condition in conditions:
         for au in ("AU2", "AU26"):
             scores = summary["per_seed"]["0"][condition][au]
@@ -268,6 +281,26 @@ def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_d
     assert summary["text_check"]["ears_scalp"]["nearest_au"] in summary["per_seed"]["0"]["descriptions"]
     assert "AU2" not in trained["id2label"].values() and "AU26" not in trained["id2label"].values()
     assert "AU1" in summary["per_seed"]["0"]["descriptions"]  # trained AUs are reported too
+
+    # The supervised reference: a model of the same recipe trained with AU2 and AU26, scored on the same test faces.
+    supervised_dir = out / "supervised_seed0"
+    results = json.loads((supervised_dir / "results.json").read_text())
+    assert results["subjects"] == json.loads((out / "train_seed0" / "results.json").read_text())["subjects"]
+    model = AutoModelForImageClassification.from_pretrained(supervised_dir / "model").eval()
+    assert {"AU2", "AU26"} <= set(model.config.id2label.values())
+    test = load_prepared(out / "data")
+    test = test.select([i for i, s in enumerate(test["subject"]) if s in set(results["subjects"]["test"])])
+    processor = AutoImageProcessor.from_pretrained(supervised_dir / "model")
+    with torch.no_grad():
+        logits = model(**processor([np.asarray(face.convert("RGB")) for face in test["image"]])).logits
+    for au in ("AU2", "AU26"):
+        labels = np.asarray(test[au])
+        expected = roc_auc_score(labels[labels >= 0], logits[:, model.config.au_labels.index(au)].numpy()[labels >= 0])
+        assert summary["per_seed"]["0"]["supervised"][au]["roc_auc"] == pytest.approx(expected, abs=1e-6)
+    assert headline["supervised_reference"] == pytest.approx(
+        np.mean([summary["per_seed"]["0"]["supervised"][au]["roc_auc"] for au in ("AU2", "AU26")])
+    )
+    assert "AU2     trained on its labels" in printed
 
 
 def test_shipped_descriptions_name_an_area_and_a_motion():

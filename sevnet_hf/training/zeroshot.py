@@ -17,7 +17,9 @@
    lands nearest (``SEVNetForAUDetection.zero_shot_neighbours``) and the ROC-AUC of that trained AU's own logit on
    the held-out AU's labels; and the best trained AU's logit (picked on the test labels: a ceiling for a zero-shot
    AU that borrows a trained AU's map, not a result). For each control text, the AU description nearest to it in the
-   frozen encoder's space (``text_check``).
+   frozen encoder's space (``text_check``). With ``--supervised_reference``, also a model of the same recipe and seed
+   trained on every AU, the held-out ones included: what the held-out AUs score when their labels are used (the
+   supervised figure a zero-shot AU is read against; one more training per seed).
 
 Without ``--dataset`` the synthetic demo set is made (as ``sevnet-hf demo`` does). Defaults hold out one brow, one
 eye/cheek and one mouth AU of the synthetic set (AU2, AU7, AU26). Results go to ``zeroshot.json`` and print as tables.
@@ -52,6 +54,10 @@ UNRELATED_DESCRIPTIONS: dict[str, str] = {
     "background": "The background of the picture behind the person.",
 }
 UNRELATED = "unrelated"
+# Reference entries of a seed's results, beside the conditions: the best trained AU's logit on each held-out AU's
+# labels, and (``--supervised_reference``) a model trained with the held-out AUs' labels.
+BEST_TRAINED, SUPERVISED = "best_trained", "supervised"
+REFERENCES = (BEST_TRAINED, SUPERVISED)
 
 
 @dataclass
@@ -77,6 +83,13 @@ class ZeroShotArguments(DemoArguments):
     )
     unrelated_description: str | None = field(
         default=None, metadata={"help": "One control text instead of the set (named 'custom' in the results)."}
+    )
+    supervised_reference: bool = field(
+        default=False,
+        metadata={
+            "help": "Also train each seed on every AU, the held-out ones included (same recipe, same split), and report "
+            "what the held-out AUs score when trained on their labels (one more training per seed)."
+        },
     )
 
 
@@ -160,8 +173,23 @@ def text_check(encoder, unrelated: dict[str, str], au_texts: dict[str, str]) -> 
     return check
 
 
-def evaluate_seed(model_dir: Path, test, train_labels: dict[str, np.ndarray], holdout, texts, unrelated, encoder):
-    """Every condition's scores for one trained model, with the references (module docstring, 4)."""
+def _base_rate(labels: np.ndarray) -> float:
+    known = (labels == 0) | (labels == 1)
+    return float(np.mean(labels[known]))
+
+
+def evaluate_seed(
+    model_dir: Path,
+    test,
+    train_labels: dict[str, np.ndarray],
+    holdout,
+    texts,
+    unrelated,
+    encoder,
+    supervised_dir: Path | None = None,
+):
+    """Every condition's scores for one trained model, with the references (module docstring, 4); with
+    ``supervised_dir`` (a model of the same recipe trained on the held-out AUs too) its scores on the held-out AUs."""
     from .demo import load_trained, predict_probabilities_of_models
 
     base, processor = load_trained(model_dir)
@@ -171,22 +199,26 @@ def evaluate_seed(model_dir: Path, test, train_labels: dict[str, np.ndarray], ho
         model = copy.deepcopy(base)  # each condition adds the held-out AUs to the trained model as saved
         model.add_aus(descriptions, text_encoder=encoder)
         models[condition], neighbours[condition] = model, model.zero_shot_neighbours()
-    probabilities = predict_probabilities_of_models(models, processor, list(test["image"]))
+    scored = dict(models)
+    if supervised_dir is not None:
+        supervised = scored[SUPERVISED] = load_trained(supervised_dir)[0]
+        missing = [au for au in holdout if au not in supervised.config.au_labels]
+        if missing:
+            raise ValueError(f"{supervised_dir}: the supervised reference model has no {', '.join(missing)}")
+    probabilities = predict_probabilities_of_models(scored, processor, list(test["image"]))
     trained_probabilities = probabilities["descriptions"][:, : len(trained)]  # the same in every condition
     labels = {au: np.asarray(test[au], dtype=float) for au in [*trained, *holdout]}
-    out = {"best_trained": {}}
+    out = {BEST_TRAINED: {}}
     for au in holdout:
         by_trained = {t: roc_auc(trained_probabilities[:, k], labels[au]) for k, t in enumerate(trained)}
         best = max(by_trained, key=lambda t: by_trained[t] if by_trained[t] == by_trained[t] else -1.0)
-        out["best_trained"][au] = {"au": best, "roc_auc": by_trained[best]}
+        out[BEST_TRAINED][au] = {"au": best, "roc_auc": by_trained[best]}
     for condition, model in models.items():
         out[condition] = {}
         for k, au in enumerate(model.config.au_labels):
             if condition != "descriptions" and au not in holdout:
                 continue
-            known = (train_labels[au] == 0) | (train_labels[au] == 1)
-            rate = float(np.mean(train_labels[au][known]))
-            scores = au_scores(probabilities[condition][:, k], labels[au], rate)
+            scores = au_scores(probabilities[condition][:, k], labels[au], _base_rate(train_labels[au]))
             if au in holdout:
                 nearest, cosine = neighbours[condition][au]
                 scores["nearest_trained_au"], scores["nearest_cosine"] = nearest, cosine
@@ -194,6 +226,12 @@ def evaluate_seed(model_dir: Path, test, train_labels: dict[str, np.ndarray], ho
                     trained_probabilities[:, trained.index(nearest)], labels[au]
                 )
             out[condition][au] = scores
+    if supervised_dir is not None:
+        columns = supervised.config.au_labels
+        out[SUPERVISED] = {
+            au: au_scores(probabilities[SUPERVISED][:, columns.index(au)], labels[au], _base_rate(train_labels[au]))
+            for au in holdout
+        }
     return out
 
 
@@ -224,6 +262,7 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
     numbers: own, shuffled, unrelated (the mean over the control texts; ``unrelated_max``: the text that scored
     highest), per control text, the best-trained-AU reference, and the margins the bar reads."""
     unrelated = _unrelated_conditions(per_seed)
+    supervised = all(SUPERVISED in results for results in per_seed.values())
     lines = [
         f"{'AU':<7} {'condition':<24}  ROC-AUC  F1@0.5  F1@base  prior-F1   nearest-ROC  nearest trained AU (per seed)"
     ]
@@ -234,11 +273,13 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
     for au in holdout:
         for condition in ["descriptions", "shuffled", *unrelated]:
             lines.append(_table_row(au, condition, [per_seed[s][condition][au] for s in per_seed]))
-        best = [per_seed[s]["best_trained"][au] for s in per_seed]
+        best = [per_seed[s][BEST_TRAINED][au] for s in per_seed]
         lines.append(
             f"{au:<7} {'best trained AU (ceiling)':<24} {_mean(b['roc_auc'] for b in best):8.3f}   "
             + " ".join(b["au"] for b in best)
         )
+        if supervised:
+            lines.append(_table_row(au, "trained on its labels", [per_seed[s][SUPERVISED][au] for s in per_seed]))
     trained = [au for au in next(iter(per_seed.values()))["descriptions"] if au not in holdout]
     for au in trained:  # the same figures for the AUs the model was trained on
         lines.append(_table_row(au, "trained", [per_seed[s]["descriptions"][au] for s in per_seed]))
@@ -250,10 +291,12 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
         "unrelated_max": max(per_text.values()),
         "unrelated_per_text": per_text,
         "best_trained_reference": _mean(
-            _mean(per_seed[s]["best_trained"][au]["roc_auc"] for s in per_seed) for au in holdout
+            _mean(per_seed[s][BEST_TRAINED][au]["roc_auc"] for s in per_seed) for au in holdout
         ),
         "trained_aus": _mean(per_seed[s]["descriptions"][au]["roc_auc"] for s in per_seed for au in trained),
     }
+    if supervised:
+        headline["supervised_reference"] = held_out_mean(SUPERVISED)
     headline["margin_over_shuffled"] = headline["descriptions"] - headline["shuffled"]
     headline["margin_over_unrelated"] = headline["descriptions"] - headline[UNRELATED]
     headline["per_seed"] = {}
@@ -265,11 +308,14 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
             UNRELATED: _mean(seed_texts),
             "unrelated_max": max(seed_texts),
         }
+        if supervised:
+            headline["per_seed"][s][SUPERVISED] = held_out_mean(SUPERVISED, [s])
     texts = ", ".join(f"{name} {value:.3f}" for name, value in per_text.items())
     lines.append(
         f"mean ROC-AUC over held-out AUs: own descriptions {headline['descriptions']:.3f}, shuffled "
         f"{headline['shuffled']:.3f}, unrelated {headline[UNRELATED]:.3f} (mean of {len(per_text)} texts: {texts}); "
         f"trained AUs {headline['trained_aus']:.3f}; best trained AU's logit {headline['best_trained_reference']:.3f}"
+        + (f"; held-out AUs trained on their labels {headline['supervised_reference']:.3f}" if supervised else "")
     )
     lines.append(
         f"own - shuffled {headline['margin_over_shuffled']:+.3f}, own - unrelated {headline['margin_over_unrelated']:+.3f}"
@@ -280,6 +326,23 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
         )
     )
     return "\n".join(lines), headline
+
+
+def supervised_training(args: ZeroShotArguments, data_dir: Path, out: Path, encoder_path, subjects: dict):
+    """Train (or reuse) the seed's model on every AU, the held-out ones included, with the zero-shot model's recipe;
+    ``(model folder, training results)``. Stops if its subjects differ from the zero-shot model's (the reference
+    must see the same faces)."""
+    from .demo import _train_or_reuse, demo_train_arguments
+
+    train_args = demo_train_arguments(args, data_dir, out / f"supervised_seed{args.seed}", encoder_path)
+    print(f"[seed {args.seed}] supervised reference: training on every AU, the held-out ones included", flush=True)
+    results, _ = _train_or_reuse(train_args)
+    if results["subjects"] != subjects:
+        raise RuntimeError(
+            f"{train_args.output_dir}: the supervised reference split its subjects differently from the zero-shot "
+            "model's; the two are not comparable"
+        )
+    return Path(train_args.output_dir) / "model", results
 
 
 def run(args: ZeroShotArguments) -> dict:
@@ -331,9 +394,18 @@ def run(args: ZeroShotArguments) -> dict:
             "texts",
             flush=True,
         )
+        supervised_dir, supervised_results = None, {}
+        if args.supervised_reference:
+            supervised_dir, supervised_results = supervised_training(
+                args, data_dir, out, encoder_path, results["subjects"]
+            )
         model_dir = out / f"train_seed{seed}" / "model"
-        per_seed[seed] = evaluate_seed(model_dir, test, train_labels, holdout, texts, unrelated, encoder)
+        per_seed[seed] = evaluate_seed(
+            model_dir, test, train_labels, holdout, texts, unrelated, encoder, supervised_dir
+        )
         trainings[seed] = {"test_f1_mean_trained_aus": results.get("test", {}).get("f1_mean")}
+        if supervised_results:
+            trainings[seed]["test_f1_mean_supervised_all_aus"] = supervised_results.get("test", {}).get("f1_mean")
     table, headline = summary_table(per_seed, holdout)
     summary = {
         "holdout_aus": holdout,
