@@ -215,6 +215,30 @@ def test_summary_averages_the_control_texts_and_reads_the_margins():
     assert headline["per_seed"][0]["supervised"] == pytest.approx(0.9)
     assert headline["descriptions"] == pytest.approx(0.8)  # the conditions' figures do not change
     assert "AU26    trained on its labels       0.750" in table
+    del per_seed[1]["supervised"]
+    with pytest.raises(ValueError, match="some seeds"):  # a reference from some seeds only would mislead
+        summary_table(per_seed, ["AU2", "AU26"])
+
+
+def test_supervised_reference_must_split_the_subjects_as_the_zero_shot_model(monkeypatch, tmp_path):
+    from sevnet_hf.training import demo
+    from sevnet_hf.training.zeroshot import ZeroShotArguments, supervised_training
+
+    split = {"train": ["F001", "F002"], "validation": ["F003"], "test": ["F004"]}
+    seen = []
+
+    def fake_training(train_args):  # records what would be trained and returns its split
+        seen.append(train_args)
+        return {"subjects": dict(split, test=["F005"]) if train_args.seed == 1 else split}, 0
+
+    monkeypatch.setattr(demo, "_train_or_reuse", fake_training)
+    args = ZeroShotArguments(seed=0, holdout_aus="2,26")
+    folder, results = supervised_training(args, tmp_path / "data", tmp_path, "encoder", split)
+    assert folder == tmp_path / "supervised_seed0" / "model" and results["subjects"] == split
+    assert not seen[0].exclude_aus  # every AU, the held-out ones included
+    args.seed = 1
+    with pytest.raises(RuntimeError, match="split its subjects differently"):
+        supervised_training(args, tmp_path / "data", tmp_path, "encoder", split)
 
 
 def test_text_check_finds_the_au_description_a_control_text_repeats(tiny_text_encoder_dir):
@@ -292,10 +316,11 @@ def test_zeroshot_command_end_to_end_on_a_tiny_set(tmp_path, tiny_text_encoder_d
     test = test.select([i for i, s in enumerate(test["subject"]) if s in set(results["subjects"]["test"])])
     processor = AutoImageProcessor.from_pretrained(supervised_dir / "model")
     with torch.no_grad():
-        logits = model(**processor([np.asarray(face.convert("RGB")) for face in test["image"]])).logits
+        faces = processor([np.asarray(face.convert("RGB")) for face in test["image"]])
+        probabilities = torch.sigmoid(model(**faces).logits).numpy()  # as the command scores them (ties included)
     for au in ("AU2", "AU26"):
         labels = np.asarray(test[au])
-        expected = roc_auc_score(labels[labels >= 0], logits[:, model.config.au_labels.index(au)].numpy()[labels >= 0])
+        expected = roc_auc_score(labels[labels >= 0], probabilities[:, model.config.au_labels.index(au)][labels >= 0])
         assert summary["per_seed"]["0"]["supervised"][au]["roc_auc"] == pytest.approx(expected, abs=1e-6)
     assert headline["supervised_reference"] == pytest.approx(
         np.mean([summary["per_seed"]["0"]["supervised"][au]["roc_auc"] for au in ("AU2", "AU26")])

@@ -87,8 +87,8 @@ class ZeroShotArguments(DemoArguments):
     supervised_reference: bool = field(
         default=False,
         metadata={
-            "help": "Also train each seed on every AU, the held-out ones included (same recipe, same split), and report "
-            "what the held-out AUs score when trained on their labels (one more training per seed)."
+            "help": "Also train each seed on every AU, the held-out ones included (same recipe, same split), and "
+            "report what the held-out AUs score when trained on their labels (one more training per seed)."
         },
     )
 
@@ -200,11 +200,16 @@ def evaluate_seed(
         model.add_aus(descriptions, text_encoder=encoder)
         models[condition], neighbours[condition] = model, model.zero_shot_neighbours()
     scored = dict(models)
-    if supervised_dir is not None:
-        supervised = scored[SUPERVISED] = load_trained(supervised_dir)[0]
+    if supervised_dir is not None:  # scored in the same pass over the faces, so it must read them the same way
+        supervised, supervised_processor = load_trained(supervised_dir)
+        scored[SUPERVISED] = supervised
         missing = [au for au in holdout if au not in supervised.config.au_labels]
         if missing:
             raise ValueError(f"{supervised_dir}: the supervised reference model has no {', '.join(missing)}")
+        if supervised_processor.to_dict() != processor.to_dict():
+            raise ValueError(
+                f"{supervised_dir}: its image processor differs from the zero-shot model's in {model_dir}"
+            )
     probabilities = predict_probabilities_of_models(scored, processor, list(test["image"]))
     trained_probabilities = probabilities["descriptions"][:, : len(trained)]  # the same in every condition
     labels = {au: np.asarray(test[au], dtype=float) for au in [*trained, *holdout]}
@@ -262,7 +267,10 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
     numbers: own, shuffled, unrelated (the mean over the control texts; ``unrelated_max``: the text that scored
     highest), per control text, the best-trained-AU reference, and the margins the bar reads."""
     unrelated = _unrelated_conditions(per_seed)
-    supervised = all(SUPERVISED in results for results in per_seed.values())
+    with_reference = [SUPERVISED in results for results in per_seed.values()]
+    if any(with_reference) and not all(with_reference):
+        raise ValueError("summary_table: the supervised reference is in some seeds' results and not in others")
+    supervised = all(with_reference)
     lines = [
         f"{'AU':<7} {'condition':<24}  ROC-AUC  F1@0.5  F1@base  prior-F1   nearest-ROC  nearest trained AU (per seed)"
     ]
@@ -389,16 +397,16 @@ def run(args: ZeroShotArguments) -> dict:
         train = subjects_part(dataset, results["subjects"]["train"])
         train_labels = {au: np.asarray(train[au], dtype=float) for au in columns}
         test = subjects_part(dataset, results["subjects"]["test"])
-        print(
-            f"[seed {seed}] testing {len(test)} faces of unseen subjects: own, shuffled and {len(unrelated)} unrelated "
-            "texts",
-            flush=True,
-        )
         supervised_dir, supervised_results = None, {}
         if args.supervised_reference:
             supervised_dir, supervised_results = supervised_training(
                 args, data_dir, out, encoder_path, results["subjects"]
             )
+        print(
+            f"[seed {seed}] testing {len(test)} faces of unseen subjects: own, shuffled and {len(unrelated)} unrelated "
+            "texts",
+            flush=True,
+        )
         model_dir = out / f"train_seed{seed}" / "model"
         per_seed[seed] = evaluate_seed(
             model_dir, test, train_labels, holdout, texts, unrelated, encoder, supervised_dir
