@@ -46,7 +46,9 @@ def embedding_logits(model, visual: torch.Tensor, embedding: torch.Tensor) -> to
 
 def fit_embedding(model, visual, labels: np.ndarray, start: torch.Tensor, steps: int) -> torch.Tensor:
     """Adam on the BCE of one embedding's logits against ``labels`` (unknown labels left out), weights frozen."""
-    known = torch.as_tensor((labels == 0) | (labels == 1))
+    from sevnet_hf.training.zeroshot import known_labels
+
+    known = torch.as_tensor(known_labels(labels))
     targets = torch.as_tensor(labels, dtype=torch.float32)[known]
     embedding = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([embedding], lr=0.05)

@@ -93,11 +93,16 @@ class ZeroShotArguments(DemoArguments):
     )
 
 
+def known_labels(labels: np.ndarray) -> np.ndarray:
+    """True where a label is a real 0/1 code (unknown labels, negative or 9, are left out of every figure)."""
+    return (labels == 0) | (labels == 1)
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (sklearn's) over the known 0/1 labels; NaN if one class is missing."""
     from sklearn.metrics import roc_auc_score
 
-    known = (labels == 0) | (labels == 1)
+    known = known_labels(labels)
     if len(np.unique(labels[known])) < 2:
         return float("nan")
     return float(roc_auc_score(labels[known], scores[known]))
@@ -111,7 +116,7 @@ def _f1(predictions: np.ndarray, labels: np.ndarray) -> float:
 def au_scores(probabilities: np.ndarray, labels: np.ndarray, base_rate: float, seed: int = 0) -> dict:
     """ROC-AUC, F1 at 0.5, F1 at the base-rate threshold (the top ``base_rate`` share of faces marked present) and the
     frequency prior's F1 (each face marked present with probability ``base_rate``) for one AU."""
-    known = (labels == 0) | (labels == 1)
+    known = known_labels(labels)
     threshold = float(np.quantile(probabilities[known], 1 - base_rate)) if known.any() and base_rate > 0 else 1.0
     prior = (np.random.default_rng(seed).random(len(labels)) < base_rate).astype(int)
     return {
@@ -174,8 +179,7 @@ def text_check(encoder, unrelated: dict[str, str], au_texts: dict[str, str]) -> 
 
 
 def _base_rate(labels: np.ndarray) -> float:
-    known = (labels == 0) | (labels == 1)
-    return float(np.mean(labels[known]))
+    return float(np.mean(labels[known_labels(labels)]))
 
 
 def evaluate_seed(
@@ -298,9 +302,7 @@ def summary_table(per_seed: dict[int, dict], holdout: list[str]) -> tuple[str, d
         UNRELATED: _mean(per_text.values()),
         "unrelated_max": max(per_text.values()),
         "unrelated_per_text": per_text,
-        "best_trained_reference": _mean(
-            _mean(per_seed[s][BEST_TRAINED][au]["roc_auc"] for s in per_seed) for au in holdout
-        ),
+        "best_trained_reference": held_out_mean(BEST_TRAINED),
         "trained_aus": _mean(per_seed[s]["descriptions"][au]["roc_auc"] for s in per_seed for au in trained),
     }
     if supervised:
